@@ -1,0 +1,1 @@
+"""Training: stereo pair datasets, losses, the training loop and checkpoints (needs torch)."""

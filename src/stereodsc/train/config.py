@@ -1,0 +1,156 @@
+"""Training configuration: a TOML file validated at once, so a typo fails before any work starts."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from stereodsc.errors import ConfigError
+
+from .datasets import DATASET_KINDS
+
+
+@dataclass
+class ModelSection:
+    name: str = "balle2017"
+    preset: str = "small"
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DataSection:
+    kind: str = "sample"
+    path: str = ""
+    pairing: str = "stereo"  # "stereo", "general" (x_t with y_t±k) or "both"
+    max_shift: int = 3
+    both_directions: bool = True
+    protocol: str = "paper"  # "paper": centre crop + 128x256; "native": full frames (use crop)
+    crop: list[int] | None = None  # [height, width] random training crop, same place in x and y
+    flip: bool = True
+    swap: bool = True
+    val_frames: int = 20  # the last frames of a sequence, held out (kitti_raw, folder, sample)
+    val_list: str = ""  # kitti_list: the validation split list
+    root: str = ""  # kitti_list: folder the list's relative paths start from
+    split: str = "train"  # cityscapes split used for training ("val" is used for validation)
+
+
+@dataclass
+class TrainSection:
+    lmbda: float = 0.01
+    distortion: str = "mse"  # "mse" or "ms_ssim"
+    steps: int = 1000
+    batch_size: int = 1
+    lr: float = 1e-4
+    aux_lr: float = 1e-3
+    lr_patience: int = 10  # validations without improvement before the lr drops 10x
+    lr_min: float = 1e-7
+    validate_every: int = 100
+    checkpoint_every: int = 100
+    max_val_pairs: int = 40
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    out: str = "runs/run"
+    init_from: str = ""  # warm start: load model weights from this checkpoint (e.g. a higher-rate point)
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    source: str = ""  # the file this config came from, for messages
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("source")
+        return d
+
+
+def _section(cls: type, raw: dict[str, Any], name: str, source: str) -> Any:
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown} in [{name}]; valid keys: {sorted(known)}")
+    obj = cls(**raw)
+    for f in fields(cls):
+        default = getattr(cls(), f.name)
+        value = getattr(obj, f.name)
+        if default is not None and value is not None and not isinstance(value, type(default)):
+            if isinstance(default, float) and isinstance(value, int):
+                setattr(obj, f.name, float(value))
+                continue
+            raise ConfigError(f"{source}: [{name}] {f.name} = {value!r} should be a {type(default).__name__}")
+    return obj
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> TrainConfig:
+    """Build and validate a config; every error names the key and the fix."""
+    unknown = sorted(set(raw) - {"model", "data", "train"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid sections: [model], [data], [train]")
+    cfg = TrainConfig(
+        model=_section(ModelSection, dict(raw.get("model", {})), "model", source),
+        data=_section(DataSection, dict(raw.get("data", {})), "data", source),
+        train=_section(TrainSection, dict(raw.get("train", {})), "train", source),
+        source=source,
+    )
+    validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; see configs/ for examples")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path}: not valid TOML: {e}") from e
+    return config_from_dict(raw, str(path))
+
+
+def validate(cfg: TrainConfig) -> None:
+    from stereodsc.models import MODEL_NAMES, PRESETS, default_options
+
+    src, m, d, t = cfg.source, cfg.model, cfg.data, cfg.train
+    if m.name not in MODEL_NAMES:
+        raise ConfigError(
+            f"{src}: [model] name = {m.name!r} is not a model; choose one of {list(MODEL_NAMES)}"
+        )
+    if m.preset not in PRESETS:
+        raise ConfigError(f"{src}: [model] preset = {m.preset!r} is unknown; choose one of {list(PRESETS)}")
+    bad = sorted(set(m.options) - set(default_options(m.name)))
+    if bad:
+        raise ConfigError(
+            f"{src}: [model.options] {bad} not accepted by {m.name}; valid: {sorted(default_options(m.name))}"
+        )
+    if d.kind not in DATASET_KINDS:
+        raise ConfigError(f"{src}: [data] kind = {d.kind!r} is unknown; choose one of {list(DATASET_KINDS)}")
+    if d.kind != "sample":
+        if not d.path:
+            raise ConfigError(f"{src}: [data] path is required for kind = {d.kind!r}")
+        if not Path(d.path).exists():
+            raise ConfigError(
+                f"{src}: [data] path = {d.path!r} does not exist; point it at the dataset "
+                f"(e.g. a KITTI raw drive folder holding image_02/ and image_03/)"
+            )
+    if d.kind == "kitti_list" and not d.val_list:
+        raise ConfigError(f"{src}: [data] val_list is required for kind = 'kitti_list'")
+    if d.pairing not in ("stereo", "general", "both"):
+        raise ConfigError(f"{src}: [data] pairing = {d.pairing!r}; choose 'stereo', 'general' or 'both'")
+    if d.protocol not in ("paper", "native"):
+        raise ConfigError(f"{src}: [data] protocol = {d.protocol!r}; choose 'paper' or 'native'")
+    if d.crop is not None and (len(d.crop) != 2 or min(d.crop) <= 0):
+        raise ConfigError(f"{src}: [data] crop = {d.crop!r} should be [height, width]")
+    if t.distortion not in ("mse", "ms_ssim"):
+        raise ConfigError(f"{src}: [train] distortion = {t.distortion!r}; choose 'mse' or 'ms_ssim'")
+    for key in ("steps", "batch_size", "validate_every", "checkpoint_every"):
+        if getattr(t, key) <= 0:
+            raise ConfigError(f"{src}: [train] {key} must be positive")
+    if t.lmbda <= 0:
+        raise ConfigError(f"{src}: [train] lmbda must be positive (larger = higher rate and quality)")
+    if t.init_from and not Path(t.init_from).is_file():
+        raise ConfigError(f"{src}: [train] init_from = {t.init_from!r} does not exist")

@@ -1,0 +1,315 @@
+"""The training loop: AMSGrad + aux optimiser, reduce-on-plateau, validation, exact resume.
+
+Exact resume: the data of step t is drawn from a generator seeded with (seed, t), and the
+checkpoint holds the model, both optimisers, the scheduler and every RNG state, so a run
+interrupted and resumed produces the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from stereodsc.errors import CheckpointError, ConfigError
+
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
+from .datasets import (
+    Augment,
+    ImageCache,
+    Pair,
+    PairDataset,
+    StereoSequence,
+    cityscapes_sequence,
+    folder_sequence,
+    kitti_list_pairs,
+    kitti_raw_sequence,
+    make_pairs,
+)
+from .losses import distortion_fn, ms_ssim, psnr
+
+log = logging.getLogger(__name__)
+
+
+def sample_drive() -> Path:
+    """The KITTI miniature that ships with the package (see sample/README.md)."""
+    return Path(__file__).resolve().parents[1] / "sample" / "kitti_sample"
+
+
+def _sequence_pairs(seq: StereoSequence, cfg: TrainConfig) -> tuple[list[Pair], list[Pair]]:
+    d = cfg.data
+    n = len(seq.left)
+    if not 0 < d.val_frames < n:
+        raise ConfigError(
+            f"{cfg.source}: [data] val_frames = {d.val_frames} must be between 1 and {n - 1} "
+            f"(the sequence has {n} frames)"
+        )
+    train_frames, val_frames = list(range(n - d.val_frames)), list(range(n - d.val_frames, n))
+    pairings = ["stereo", "general"] if d.pairing == "both" else [d.pairing]
+    train = [
+        p for mode in pairings for p in make_pairs(seq, mode, d.max_shift, d.both_directions, train_frames)
+    ]
+    val = make_pairs(seq, "stereo", d.max_shift, d.both_directions, val_frames)
+    return train, val
+
+
+def build_pairs(cfg: TrainConfig) -> tuple[list[Pair], list[Pair]]:
+    """Training and validation pairs for the configured dataset; validation is held out."""
+    d = cfg.data
+    if d.kind == "kitti_list":
+        root = Path(d.root or Path(d.path).parent)
+        return kitti_list_pairs(Path(d.path), root), kitti_list_pairs(Path(d.val_list), root)
+    if d.kind == "cityscapes":
+        root = Path(d.path)
+        train = make_pairs(cityscapes_sequence(root, d.split), "stereo", both_directions=False)
+        return train, make_pairs(cityscapes_sequence(root, "val"), "stereo", both_directions=False)
+    if d.kind == "folder":
+        seq = folder_sequence(Path(d.path))
+    else:
+        seq = kitti_raw_sequence(sample_drive() if d.kind == "sample" else Path(d.path))
+    return _sequence_pairs(seq, cfg)
+
+
+def to_tensor(images: list[np.ndarray]) -> torch.Tensor:
+    """uint8 HxWx3 images -> float NCHW batch in [0, 1]."""
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
+    """Replicate-pad H and W up to a multiple of the model's stride (crop back after decoding)."""
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+def estimated_bits(out: dict[str, Any]) -> float:
+    return sum(float(-torch.log2(p).sum()) for p in out["likelihoods"].values())
+
+
+@dataclass
+class Trainer:
+    """Owns the model, optimisers and data of one run; `run()` trains to cfg.train.steps."""
+
+    cfg: TrainConfig
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from stereodsc.models import build_model
+
+        t, d = self.cfg.train, self.cfg.data
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        torch.manual_seed(t.seed)
+        self.out_dir = Path(t.out)
+        self.model = build_model(self.cfg.model.name, self.cfg.model.preset, **self.cfg.model.options)
+        if d.crop is not None and any(c % self.model.stride for c in d.crop):
+            raise ConfigError(
+                f"{self.cfg.source}: [data] crop = {d.crop} must be a multiple of "
+                f"{self.model.stride} for {self.model.name}"
+            )
+        self.optimizer = torch.optim.Adam(self.model.main_parameters(), lr=t.lr, amsgrad=True)
+        self.aux_optimizer = torch.optim.Adam(self.model.aux_parameters(), lr=t.aux_lr)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
+            self.optimizer, mode="min", factor=0.1, patience=t.lr_patience, min_lr=t.lr_min
+        )
+        self.distortion = distortion_fn(t.distortion)
+        train_pairs, val_pairs = build_pairs(self.cfg)
+        cache = ImageCache(d.protocol)
+        crop = (d.crop[0], d.crop[1]) if d.crop else None
+        self.train_set = PairDataset(train_pairs, cache, Augment(crop, d.flip, d.swap))
+        self.val_set = PairDataset(val_pairs[: t.max_val_pairs], cache)
+        self.step = 0
+        self.cpu_seconds = 0.0
+        self.best_val = math.inf
+        self.metrics: dict[str, Any] = {}
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    @property
+    def latest_path(self) -> Path:
+        return self.out_dir / "latest.pt"
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.name,
+            "model_config": self.model.config,
+            "train_config": self.cfg.to_dict(),
+            "step": self.step,
+            "cpu_seconds": self.cpu_seconds,
+            "best_val": self.best_val,
+            "metrics": self.metrics,
+            "model_state": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "aux_optimizer": self.aux_optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "rng": rng_state(),
+        }
+
+    def save(self, path: Path | None = None) -> None:
+        save_checkpoint(path or self.latest_path, self.state())
+
+    def resume(self) -> bool:
+        """Continue from the run's latest checkpoint; False when there is none yet."""
+        if not self.latest_path.is_file():
+            return False
+        ckpt = load_checkpoint(self.latest_path)
+        if ckpt["model_config"] != self.model.config:
+            raise CheckpointError(
+                f"{self.latest_path} holds {ckpt['model_config']}, the config asks for "
+                f"{self.model.config}; use another [train] out folder or the original config"
+            )
+        self.model.load_state_dict(ckpt["model_state"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        self.step, self.cpu_seconds = ckpt["step"], ckpt["cpu_seconds"]
+        self.best_val, self.metrics = ckpt["best_val"], ckpt["metrics"]
+        return True
+
+    def warm_start(self, path: str) -> None:
+        """Start from another run's weights (e.g. a higher-rate point), with fresh optimisers."""
+        ckpt = load_checkpoint(path)
+        if ckpt["model"] != self.model.name:
+            raise CheckpointError(
+                f"init_from {path} holds a {ckpt['model']} model, this run trains {self.model.name}"
+            )
+        self.model.load_state_dict(ckpt["model_state"])
+
+    # ---- training ----------------------------------------------------------------------------
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rng = np.random.default_rng([self.cfg.train.seed, step])
+        idx = rng.integers(len(self.train_set), size=self.cfg.train.batch_size)
+        xs, ys = zip(*(self.train_set.get(int(i), rng) for i in idx), strict=True)
+        return to_tensor(list(xs)), to_tensor(list(ys))
+
+    def train_step(self, step: int) -> dict[str, float]:
+        self.model.train()
+        x, y = self.batch(step)
+        out = self.model(x, y)
+        terms = self.model.loss(out, x, y, self.cfg.train.lmbda, self.distortion)
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        self.optimizer.step()
+        aux = self.model.aux_loss()
+        self.aux_optimizer.zero_grad(set_to_none=True)
+        aux.backward()
+        self.aux_optimizer.step()
+        return {
+            "loss": terms["loss"].item(),
+            "bpp": terms["bpp"].item(),
+            "psnr": psnr(out["x_hat"], x),
+            "aux": aux.item(),
+        }
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        """Loss, estimated bpp (rounded latents), PSNR and MS-SSIM on the held-out pairs."""
+        self.model.eval()
+        sums = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0, "ms_ssim": 0.0}
+        for i in range(len(self.val_set)):
+            xi, yi = self.val_set.get(i)
+            x, y = to_tensor([xi]), to_tensor([yi])
+            h, w = x.shape[-2:]
+            xp, yp = pad_to(x, self.model.stride), pad_to(y, self.model.stride)
+            out = self.model(xp, yp)
+            terms = self.model.loss(out, xp, yp, self.cfg.train.lmbda, self.distortion)
+            x_hat = out["x_hat"][..., :h, :w].clamp(0, 1)
+            sums["loss"] += terms["loss"].item()
+            sums["bpp"] += estimated_bits(out) / (h * w)
+            sums["psnr"] += psnr(x_hat, x)
+            sums["ms_ssim"] += ms_ssim(x_hat, x).item() if min(h, w) >= 97 else math.nan
+        return {k: v / len(self.val_set) for k, v in sums.items()}
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def run(self, stop_after: int | None = None) -> dict[str, Any]:
+        """Train until cfg.train.steps (or `stop_after` more steps); checkpoint on the way and on Ctrl-C."""
+        t = self.cfg.train
+        end = t.steps if stop_after is None else min(t.steps, self.step + stop_after)
+        bar = _progress(self.step, t.steps, enabled=self.progress)
+        window: list[dict[str, float]] = []
+        try:
+            while self.step < end:
+                started = time.process_time()
+                stats = self.train_step(self.step)
+                self.cpu_seconds += time.process_time() - started
+                self.step += 1
+                window.append(stats)
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{stats['loss']:.3f}", bpp=f"{stats['bpp']:.3f}", psnr=f"{stats['psnr']:.2f}"
+                )
+                if self.step % t.validate_every == 0 or self.step == t.steps:
+                    self._validate_and_log(window)
+                    window = []
+                if self.step % t.checkpoint_every == 0 or self.step == end:
+                    self.save()
+        except KeyboardInterrupt:
+            self.save()
+            log.warning("interrupted at step %d; checkpoint saved, continue with --resume", self.step)
+            raise
+        finally:
+            bar.close()
+        return self.metrics
+
+    def _validate_and_log(self, window: list[dict[str, float]]) -> None:
+        train = {k: float(np.mean([s[k] for s in window])) for k in window[0]} if window else {}
+        val = self.validate()
+        self.scheduler.step(val["loss"])
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.metrics = {
+            "step": self.step,
+            "lr": lr,
+            "cpu_seconds": round(self.cpu_seconds, 1),
+            "train": train,
+            "val": val,
+        }
+        self.log(self.metrics)
+        if val["loss"] < self.best_val:
+            self.best_val = val["loss"]
+            self.save(self.out_dir / "best.pt")
+
+
+class _NoBar:
+    def update(self, n: int) -> None: ...
+    def set_postfix(self, **kw: Any) -> None: ...
+    def close(self) -> None: ...
+
+
+def _progress(start: int, total: int, enabled: bool) -> Any:
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+def train(
+    cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None
+) -> Trainer:
+    """Train (or continue) the run `cfg` describes and return the trainer."""
+    trainer = Trainer(cfg, progress=progress)
+    if resume:
+        if not trainer.resume():
+            log.info("no checkpoint in %s yet: starting from step 0", trainer.out_dir)
+    elif trainer.latest_path.exists():
+        raise CheckpointError(
+            f"{trainer.latest_path} exists: pass --resume to continue it, or choose another "
+            f"[train] out folder"
+        )
+    elif cfg.train.init_from:
+        trainer.warm_start(cfg.train.init_from)
+    trainer.run(stop_after)
+    return trainer

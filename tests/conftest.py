@@ -1,0 +1,26 @@
+"""Shared fixtures: the bundled sample, and ../shared/data when it is there (tests that need it skip)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("STEREODSC_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def sample_drive() -> Path:
+    from stereodsc.train.loop import sample_drive
+
+    return sample_drive()
+
+
+@pytest.fixture(scope="session")
+def kitti_drive() -> Path:
+    drive = SHARED_DATA / "kitti_raw_2011_09_26_drive_0001"
+    if not drive.is_dir():
+        pytest.skip(f"KITTI drive not available at {drive} (set STEREODSC_SHARED_DATA to ../shared/data)")
+    return drive

@@ -1,0 +1,200 @@
+"""Training data, configuration, checkpoints and exact resume."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stereodsc.errors import CheckpointError, ConfigError, DataError
+from stereodsc.train.checkpoint import load_checkpoint, save_checkpoint
+from stereodsc.train.config import config_from_dict, load_config
+from stereodsc.train.datasets import (
+    Augment,
+    cityscapes_sequence,
+    folder_sequence,
+    kitti_list_pairs,
+    kitti_raw_sequence,
+    make_pairs,
+)
+from stereodsc.train.loop import Trainer, build_pairs, train
+
+TINY = {"N": 8, "M": 8}
+
+
+def tiny_config(out: Path, name: str = "balle2017", steps: int = 2, **train: object) -> dict:
+    return {
+        "model": {"name": name, "preset": "small", "options": TINY},
+        "data": {"kind": "sample", "val_frames": 2, "crop": [64, 64]},
+        "train": {
+            "steps": steps,
+            "validate_every": 1,
+            "checkpoint_every": 1,
+            "out": str(out),
+            "max_val_pairs": 1,
+            "lmbda": 0.01,
+            **train,
+        },
+    }
+
+
+# ---- pairing ---------------------------------------------------------------------------------
+
+
+def test_stereo_pairs_are_simultaneous_left_right(sample_drive: Path) -> None:
+    seq = kitti_raw_sequence(sample_drive)
+    assert len(seq.left) == 12
+    pairs = make_pairs(seq, "stereo", both_directions=False)
+    assert [(p.x.parent.parent.parent.name, p.y.parent.parent.parent.name) for p in pairs[:1]] == [
+        ("image_02", "image_03")
+    ]
+    assert all(p.x.name == p.y.name for p in pairs)
+    assert len(pairs) == 12
+
+
+def test_general_pairs_shift_time_by_one_to_three(sample_drive: Path) -> None:
+    seq = kitti_raw_sequence(sample_drive)
+    pairs = make_pairs(seq, "general", max_shift=3, both_directions=True)
+    shifts = {int(p.y.stem) - int(p.x.stem) for p in pairs}
+    assert shifts == {-3, -2, -1, 1, 2, 3}
+    # both directions: for each (left t, right t+k) there is (right t, left t+k)
+    dirs = {(p.x.parts[-3], p.y.parts[-3]) for p in pairs}
+    assert dirs == {("image_02", "image_03"), ("image_03", "image_02")}
+    # frame 0 has partners at +1..+3 only: 3 shifts x 2 directions
+    assert sum(p.frame == 0 for p in pairs) == 6
+
+
+def test_validation_frames_are_held_out(sample_drive: Path, tmp_path: Path) -> None:
+    cfg = config_from_dict(
+        tiny_config(tmp_path) | {"data": {"kind": "sample", "val_frames": 3, "pairing": "both"}}
+    )
+    train_pairs, val_pairs = build_pairs(cfg)
+    train_files = {p.x.name for p in train_pairs} | {p.y.name for p in train_pairs}
+    val_files = {p.x.name for p in val_pairs}
+    assert not train_files & val_files, "a validation frame leaked into training (also through general pairs)"
+    assert len(val_pairs) == 6
+
+
+def test_augment_swaps_flips_and_crops_jointly() -> None:
+    x = np.arange(8 * 16 * 3, dtype=np.uint8).reshape(8, 16, 3)
+    y = x + 1
+    seen_swap = seen_flip = False
+    for seed in range(20):
+        ax, ay = Augment(crop=(4, 8), flip=True, swap=True)(x, y, np.random.default_rng(seed))
+        assert ax.shape == (4, 8, 3)
+        diff = ay.astype(int) - ax.astype(int)
+        assert np.all(diff == diff.flat[0]) and abs(diff.flat[0]) == 1, (
+            "x and y must be cropped at the same place"
+        )
+        seen_swap |= diff.flat[0] == -1
+        seen_flip |= bool(ax[0, 0, 0] > ax[0, 1, 0])
+    assert seen_swap and seen_flip
+
+
+def test_folder_and_list_and_cityscapes_layouts(tmp_path: Path, sample_drive: Path) -> None:
+    src = sorted((sample_drive / "image_02" / "data").iterdir())[:2]
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    for i, p in enumerate(src):
+        shutil.copy(p, folder / f"f{i}_L.png")
+        shutil.copy(p, folder / f"f{i}_R.png")
+    seq = folder_sequence(folder)
+    assert [p.name for p in seq.left] == ["f0_L.png", "f1_L.png"]
+    (folder / "orphan_L.png").write_bytes(src[0].read_bytes())
+    with pytest.raises(DataError, match="orphan"):
+        folder_sequence(folder)
+
+    lst = tmp_path / "KITTI_stereo_train.txt"
+    lst.write_text("a/image_2/000000_10.png\na/image_3/000000_10.png\n")
+    pairs = kitti_list_pairs(lst, tmp_path)
+    assert pairs[0].x == tmp_path / "a/image_2/000000_10.png" and pairs[0].y.name == "000000_10.png"
+    lst.write_text("only_one_line.png\n")
+    with pytest.raises(DataError, match="pairs"):
+        kitti_list_pairs(lst, tmp_path)
+
+    city = tmp_path / "cityscapes"
+    (city / "leftImg8bit/train/aachen").mkdir(parents=True)
+    (city / "rightImg8bit/train/aachen").mkdir(parents=True)
+    shutil.copy(src[0], city / "leftImg8bit/train/aachen/aachen_000000_000019_leftImg8bit.png")
+    with pytest.raises(DataError, match="rightImg8bit"):
+        cityscapes_sequence(city, "train")
+    shutil.copy(src[0], city / "rightImg8bit/train/aachen/aachen_000000_000019_rightImg8bit.png")
+    assert len(cityscapes_sequence(city, "train").right) == 1
+
+
+# ---- configuration ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("patch", "match"),
+    [
+        ({"model": {"name": "ndicc"}}, r"name = 'ndicc' is not a model; choose one of"),
+        ({"model": {"name": "ndic", "options": {"alhpa": 1}}}, r"\['alhpa'\] not accepted by ndic"),
+        (
+            {"data": {"kind": "kitti_raw", "path": "/nonexistent/drive"}},
+            r"path = '/nonexistent/drive' does not exist",
+        ),
+        ({"data": {"kind": "kitti_raw"}}, r"\[data\] path is required"),
+        ({"train": {"lmbda": "high"}}, r"lmbda = 'high' should be a float"),
+        ({"train": {"stepz": 3}}, r"unknown key\(s\) \['stepz'\] in \[train\]"),
+        ({"trian": {}}, r"unknown section"),
+    ],
+)
+def test_bad_config_fails_at_once_naming_the_key(patch: dict, match: str) -> None:
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(patch, "bad.toml")
+
+
+def test_load_config_reads_toml(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[model]\nname = "ndic"\n[model.options]\nalpha = 0.5\n[train]\nlmbda = 1\n')
+    cfg = load_config(path)
+    assert cfg.model.options == {"alpha": 0.5} and cfg.train.lmbda == 1.0
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "missing.toml")
+
+
+# ---- training and checkpoints -----------------------------------------------------------------
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    straight = train(config_from_dict(tiny_config(tmp_path / "a", "ndic")), progress=False)
+    first = train(config_from_dict(tiny_config(tmp_path / "b", "ndic")), progress=False, stop_after=1)
+    assert first.step == 1
+    resumed = train(config_from_dict(tiny_config(tmp_path / "b", "ndic")), resume=True, progress=False)
+    assert resumed.step == 2
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume"
+    log_lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
+    assert len(log_lines) == 2  # one validation per step, none repeated or lost
+
+
+def test_existing_run_requires_resume(tmp_path: Path) -> None:
+    cfg = config_from_dict(tiny_config(tmp_path, steps=1))
+    train(cfg, progress=False)
+    with pytest.raises(CheckpointError, match="--resume"):
+        train(cfg, progress=False)
+
+
+def test_validation_reports_bpp_psnr_msssim(tmp_path: Path) -> None:
+    trainer = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
+    val = trainer.validate()
+    assert val["bpp"] > 0 and 0 < val["psnr"] < 60 and 0 <= val["ms_ssim"] <= 1
+
+
+def test_checkpoint_schema_is_checked(tmp_path: Path) -> None:
+    path = tmp_path / "x.pt"
+    torch.save({"schema": "other/9"}, path)
+    with pytest.raises(CheckpointError, match="schema"):
+        load_checkpoint(path)
+    path.write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="damaged"):
+        load_checkpoint(path)
+    save_checkpoint(path, {"model": "m", "model_config": {}, "model_state": {}, "step": 3})
+    assert load_checkpoint(path)["step"] == 3

@@ -13,9 +13,9 @@ SHARED_DATA = Path(os.environ.get("STEREODSC_SHARED_DATA", REPO.parent / "shared
 
 @pytest.fixture(scope="session")
 def sample_drive() -> Path:
-    from stereodsc.train.loop import sample_drive
+    from stereodsc.sample import drive_path
 
-    return sample_drive()
+    return drive_path()
 
 
 @pytest.fixture(scope="session")

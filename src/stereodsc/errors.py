@@ -23,3 +23,7 @@ class CalibrationError(StereoDSCError):
 
 class BitstreamError(StereoDSCError, ValueError):
     """A bitstream or wire frame is corrupt, truncated, oversized or foreign."""
+
+
+class BundleError(StereoDSCError):
+    """A model bundle is missing files, was modified after export, or does not match the frames."""

@@ -13,15 +13,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from stereodsc.errors import DataError
 from stereodsc.eval.preprocess import paper_protocol
+from stereodsc.images import image_files, read_rgb
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 DATASET_KINDS = ("kitti_raw", "kitti_list", "cityscapes", "folder", "sample")
 
 
@@ -42,31 +41,15 @@ class StereoSequence:
     right: tuple[Path, ...]
 
 
-def read_rgb(path: Path) -> np.ndarray:
-    """Read an image as uint8 RGB HxWx3, or raise DataError saying which file failed."""
-    if not path.is_file():
-        raise DataError(f"image not found: {path}")
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if img is None:
-        raise DataError(f"cannot decode image {path}: is it a valid PNG/JPEG file?")
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTS)
-
-
 def kitti_raw_sequence(drive: Path) -> StereoSequence:
     """A KITTI raw drive folder: image_02/data (left colour) and image_03/data (right colour)."""
     left_dir, right_dir = drive / "image_02" / "data", drive / "image_03" / "data"
     for d in (left_dir, right_dir):
         if not d.is_dir():
             raise DataError(f"{drive} is not a KITTI raw drive: missing {d.relative_to(drive)}/")
-    left, right = _images_in(left_dir), _images_in(right_dir)
+    left, right = image_files(left_dir), image_files(right_dir)
     if [p.name for p in left] != [p.name for p in right]:
         raise DataError(f"{drive}: image_02 and image_03 hold different frame names; re-extract the drive")
-    if not left:
-        raise DataError(f"{drive}: no images in image_02/data")
     return StereoSequence(tuple(left), tuple(right))
 
 
@@ -74,8 +57,8 @@ def folder_sequence(folder: Path) -> StereoSequence:
     """A plain folder of `<name>_L.<ext>` / `<name>_R.<ext>` pairs, in name order."""
     if not folder.is_dir():
         raise DataError(f"pair folder not found: {folder}")
-    lefts = {p.stem[:-2]: p for p in _images_in(folder) if p.stem.endswith("_L")}
-    rights = {p.stem[:-2]: p for p in _images_in(folder) if p.stem.endswith("_R")}
+    lefts = {p.stem[:-2]: p for p in image_files(folder) if p.stem.endswith("_L")}
+    rights = {p.stem[:-2]: p for p in image_files(folder) if p.stem.endswith("_R")}
     unmatched = sorted(set(lefts) ^ set(rights))
     if unmatched:
         raise DataError(f"{folder}: no partner for {unmatched[:5]}: every <name>_L needs a <name>_R")

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from stereodsc.errors import CheckpointError, ConfigError
+from stereodsc.sample import drive_path
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
@@ -38,11 +39,6 @@ from .datasets import (
 from .losses import distortion_fn, ms_ssim, psnr
 
 log = logging.getLogger(__name__)
-
-
-def sample_drive() -> Path:
-    """The KITTI miniature that ships with the package (see sample/README.md)."""
-    return Path(__file__).resolve().parents[1] / "sample" / "kitti_sample"
 
 
 def _sequence_pairs(seq: StereoSequence, cfg: TrainConfig) -> tuple[list[Pair], list[Pair]]:
@@ -75,7 +71,7 @@ def build_pairs(cfg: TrainConfig) -> tuple[list[Pair], list[Pair]]:
     if d.kind == "folder":
         seq = folder_sequence(Path(d.path))
     else:
-        seq = kitti_raw_sequence(sample_drive() if d.kind == "sample" else Path(d.path))
+        seq = kitti_raw_sequence(drive_path() if d.kind == "sample" else Path(d.path))
     return _sequence_pairs(seq, cfg)
 
 

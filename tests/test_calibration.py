@@ -326,7 +326,7 @@ def test_bad_rig_files_name_the_key(tmp_path: Path) -> None:
         load(text.replace(t_line, ""))
     with pytest.raises(CalibrationError, match="image_size must be"):
         load(text.replace("image_size = [640, 480]", "image_size = [640, -1]"))
-    with pytest.raises(CalibrationError, match="not a valid TOML"):
+    with pytest.raises(CalibrationError, match="is not valid TOML"):
         load(text + "\n= broken")
     with pytest.raises(CalibrationError, match="version 2 is not supported"):
         load(text.replace("version = 1", "version = 2"))

@@ -42,6 +42,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from stereodsc import calibration as cal
+    from stereodsc.errors import ConfigError
+
+    if args.check:
+        if not (args.left and args.right):
+            raise ConfigError("--check needs --left IMG and --right IMG (one rectified pair to inspect)")
+        out = Path(args.output or "rectification_check.png")
+        print(cal.check_rectification(cal.load_rig(args.check), args.left, args.right, out).summary())
+        return 0
+    if not args.output:
+        raise ConfigError("give -o rig.toml: where to write the rig file")
+    if args.import_kitti:
+        rig = cal.rig_from_kitti(args.import_kitti)
+    elif args.import_opencv:
+        size = tuple(int(v) for v in args.size.lower().split("x")) if args.size else None
+        rig = cal.rig_from_opencv(args.import_opencv, args.extrinsics, image_size=size)  # type: ignore[arg-type]
+    else:
+        if not (args.left and args.right and args.board and args.square):
+            raise ConfigError(
+                "calibration needs --left GLOB --right GLOB --board COLSxROWS --square SIZE "
+                "(or --check / --import-kitti / --import-opencv)"
+            )
+        report = cal.calibrate_stereo(
+            cal.paths_from_glob(args.left),
+            cal.paths_from_glob(args.right),
+            cal.parse_board(args.board),
+            args.square,
+            min_views=args.min_views,
+            progress=True,
+        )
+        print(report.summary())
+        rig = report.rig
+    rig.save_toml(args.output)
+    print(f"rig {rig.rig_id} written to {args.output}")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from stereodsc.demo import run_demo
 
@@ -70,6 +108,37 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
+
+    c = sub.add_parser(
+        "calibrate",
+        help="calibrate a stereo rig from chessboard views, check or import a rig",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Calibrate a stereo rig and write a rig file (TOML) the camera nodes rectify with.\n\n"
+        "  from chessboard views:  --left 'cal/left*.jpg' --right 'cal/right*.jpg'\n"
+        "                          --board 9x6 --square 0.025 -o rig.toml\n"
+        "                          (board = inner corners, columns x rows; square in metres)\n"
+        "  check a rig on a pair:  --check rig.toml --left L.png --right R.png -o check.png\n"
+        "  import a calibration:   --import-kitti calib_cam_to_cam.txt -o rig.toml\n"
+        "                          --import-opencv intrinsics.yml --extrinsics extrinsics.yml --size 640x480",
+    )
+    c.add_argument("--left", help="glob of left chessboard images (quote it), or one image with --check")
+    c.add_argument("--right", help="glob of right chessboard images (quote it), or one image with --check")
+    c.add_argument("--board", help="inner corners as COLSxROWS, e.g. 9x6")
+    c.add_argument(
+        "--square", type=float, help="side of one chessboard square (sets the unit of the baseline)"
+    )
+    c.add_argument("--min-views", type=int, default=6, help="refuse to calibrate with fewer usable views")
+    c.add_argument(
+        "--check", metavar="RIG", help="rectify --left/--right with this rig and measure row errors"
+    )
+    c.add_argument("--import-kitti", metavar="CALIB", help="KITTI calib_cam_to_cam.txt (cameras 02/03)")
+    c.add_argument("--import-opencv", metavar="YML", help="OpenCV stereo_calib intrinsics (M1 D1 M2 D2)")
+    c.add_argument(
+        "--extrinsics", metavar="YML", help="OpenCV stereo_calib extrinsics (R T), with --import-opencv"
+    )
+    c.add_argument("--size", help="image size WxH for --import-opencv when the file lacks it")
+    c.add_argument("-o", "--output", help="rig file to write (or the check image with --check)")
+    c.set_defaults(func=cmd_calibrate)
 
     d = sub.add_parser(
         "demo",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from stereodsc.errors import CalibrationError
+from stereodsc.tomlio import load_toml
 
 RIG_FORMAT = "stereodsc-rig"
 RIG_VERSION = 1
@@ -179,21 +179,6 @@ def _toml_string(text: str) -> str:
     return '"' + "".join(out) + '"'
 
 
-def _parse_toml(raw: bytes, path: Path) -> dict[str, Any]:
-    """Parse TOML with the standard library (Python >= 3.11) or the ``tomli`` backport."""
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - Python 3.10
-        try:
-            import tomli as tomllib
-        except ModuleNotFoundError as exc:
-            raise CalibrationError("reading rig files on Python 3.10 needs 'pip install tomli'") from exc
-    try:
-        return tomllib.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise CalibrationError(f"{path} is not a valid TOML rig file: {exc}") from exc
-
-
 def load_rig(path: str | Path) -> StereoRig:
     """Read and validate a rig file written by :meth:`StereoRig.save_toml`.
 
@@ -206,13 +191,9 @@ def load_rig(path: str | Path) -> StereoRig:
             f"{path} looks like an OpenCV FileStorage file: import it with "
             "stereodsc.calibration.rig_from_opencv(...) and save it with rig.save_toml(...)"
         )
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError as exc:
-        raise CalibrationError(f"rig file {path} not found: run 'stereodsc calibrate' to create one") from exc
-    except OSError as exc:
-        raise CalibrationError(f"cannot read rig file {path}: {exc.strerror}") from exc
-    data = _parse_toml(raw, path)
+    if not path.is_file():
+        raise CalibrationError(f"rig file {path} not found: run 'stereodsc calibrate' to create one")
+    data = load_toml(path, CalibrationError)
     where = str(path)
     if data.get("format") != RIG_FORMAT:
         raise CalibrationError(f"{where}: format must be {RIG_FORMAT!r}, got {data.get('format')!r}")

@@ -6,9 +6,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import tomllib
-
 from stereodsc.errors import ConfigError
+from stereodsc.tomlio import load_toml
 
 from .datasets import DATASET_KINDS
 
@@ -105,11 +104,7 @@ def load_config(path: str | Path) -> TrainConfig:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}; see configs/ for examples")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{path}: not valid TOML: {e}") from e
-    return config_from_dict(raw, str(path))
+    return config_from_dict(load_toml(path), str(path))
 
 
 def validate(cfg: TrainConfig) -> None:

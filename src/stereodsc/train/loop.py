@@ -208,9 +208,10 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> dict[str, float]:
-        """Loss, estimated bpp (rounded latents), PSNR and MS-SSIM on the held-out pairs."""
+        """Loss, shared rate-distortion loss, estimated bpp (rounded latents), PSNR and MS-SSIM on the
+        held-out pairs."""
         self.model.eval()
-        sums = {"loss": 0.0, "bpp": 0.0, "psnr": 0.0, "ms_ssim": 0.0}
+        sums = {"loss": 0.0, "rd_loss": 0.0, "bpp": 0.0, "psnr": 0.0, "ms_ssim": 0.0}
         for i in range(len(self.val_set)):
             xi, yi = self.val_set.get(i)
             x, y = to_tensor([xi]), to_tensor([yi])
@@ -220,6 +221,11 @@ class Trainer:
             terms = self.model.loss(out, xp, yp, self.cfg.train.lmbda, self.distortion)
             x_hat = out["x_hat"][..., :h, :w].clamp(0, 1)
             sums["loss"] += terms["loss"].item()
+            # The objective every model shares (rate of x + its distortion), comparable across models;
+            # "loss" also holds model-specific terms (NDIC's y-branch and common-information rates).
+            sums["rd_loss"] += (
+                self.cfg.train.lmbda * 255**2 * terms["distortion"].item() + terms["bpp"].item()
+            )
             sums["bpp"] += estimated_bits(out) / (h * w)
             sums["psnr"] += psnr(x_hat, x)
             sums["ms_ssim"] += ms_ssim(x_hat, x).item() if min(h, w) >= 97 else math.nan

@@ -80,6 +80,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_edge(args: argparse.Namespace) -> int:
+    from stereodsc.edge_encoder.daemon import run_camera_node
+
+    return run_camera_node(args.config)
+
+
+def cmd_host(args: argparse.Namespace) -> int:
+    from stereodsc.host_decoder.service import run_host_service
+
+    return run_host_service(args.config)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from stereodsc.demo import run_demo
 
@@ -139,6 +151,27 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--size", help="image size WxH for --import-opencv when the file lacks it")
     c.add_argument("-o", "--output", help="rig file to write (or the check image with --check)")
     c.set_defaults(func=cmd_calibrate)
+
+    e = sub.add_parser(
+        "edge",
+        help="run a camera node: capture, encode, stream to the host",
+        description="The camera node daemon. Captures frames (camera, GStreamer pipeline, video, image "
+        "folder, KITTI drive or the bundled sample), rectifies them with the rig file, encodes them with "
+        "the bundle and streams wire frames to the host over ZeroMQ without ever blocking on it. "
+        "See deploy/edge.toml.",
+    )
+    e.add_argument("--config", required=True, help="TOML with [camera], [codec], [link], [log]")
+    e.set_defaults(func=cmd_edge)
+
+    h = sub.add_parser(
+        "host",
+        help="run the host decoder service",
+        description="The host decoder service. Receives wire frames from the camera nodes, validates them, "
+        "pairs each dependent frame with its reference frame, decodes both (the dependent with the "
+        "reference as side information) and delivers them (PNG files, ZeroMQ PUB). See deploy/host.toml.",
+    )
+    h.add_argument("--config", required=True, help="TOML with [host], [pairing], [sinks]")
+    h.set_defaults(func=cmd_host)
 
     d = sub.add_parser(
         "demo",

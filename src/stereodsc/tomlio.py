@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -31,3 +32,46 @@ def load_toml(path: str | Path, error: type[StereoDSCError] = ConfigError) -> di
     except UnicodeDecodeError as e:
         raise error(f"{path} is not UTF-8 text: {e}") from e
     return parse_toml(text, str(path), error)
+
+
+def section(cls: type, raw: dict[str, Any], name: str, source: str) -> Any:
+    """Build dataclass `cls` from one TOML table: unknown keys and wrong types raise ConfigError
+    naming the key, the section and the file."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: [{name}] should be a table of keys, got {raw!r}")
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {unknown} in [{name}]; valid keys: {sorted(known)}")
+    obj = cls(**raw)
+    for f in fields(cls):
+        default = getattr(cls(), f.name)
+        value = getattr(obj, f.name)
+        if default is not None and value is not None and not isinstance(value, type(default)):
+            if isinstance(default, float) and isinstance(value, int):
+                setattr(obj, f.name, float(value))
+                continue
+            raise ConfigError(f"{source}: [{name}] {f.name} = {value!r} should be a {type(default).__name__}")
+    return obj
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dump_toml(tables: dict[str, dict[str, Any]]) -> str:
+    """Write tables of scalars and lists (what our configs hold) as TOML text."""
+    lines = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
+        lines.append("")
+    return "\n".join(lines)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from stereodsc.errors import ConfigError
-from stereodsc.tomlio import load_toml
+from stereodsc.tomlio import load_toml, section
 
 from .datasets import DATASET_KINDS
 
@@ -68,32 +68,15 @@ class TrainConfig:
         return d
 
 
-def _section(cls: type, raw: dict[str, Any], name: str, source: str) -> Any:
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown} in [{name}]; valid keys: {sorted(known)}")
-    obj = cls(**raw)
-    for f in fields(cls):
-        default = getattr(cls(), f.name)
-        value = getattr(obj, f.name)
-        if default is not None and value is not None and not isinstance(value, type(default)):
-            if isinstance(default, float) and isinstance(value, int):
-                setattr(obj, f.name, float(value))
-                continue
-            raise ConfigError(f"{source}: [{name}] {f.name} = {value!r} should be a {type(default).__name__}")
-    return obj
-
-
 def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> TrainConfig:
     """Build and validate a config; every error names the key and the fix."""
     unknown = sorted(set(raw) - {"model", "data", "train"})
     if unknown:
         raise ConfigError(f"{source}: unknown section(s) {unknown}; valid sections: [model], [data], [train]")
     cfg = TrainConfig(
-        model=_section(ModelSection, dict(raw.get("model", {})), "model", source),
-        data=_section(DataSection, dict(raw.get("data", {})), "data", source),
-        train=_section(TrainSection, dict(raw.get("train", {})), "train", source),
+        model=section(ModelSection, raw.get("model", {}), "model", source),
+        data=section(DataSection, raw.get("data", {}), "data", source),
+        train=section(TrainSection, raw.get("train", {}), "train", source),
         source=source,
     )
     validate(cfg)

@@ -1,0 +1,246 @@
+"""The camera node daemon: capture -> rectify -> encode -> send, one frame at a time.
+
+The capture loop never waits for the host: a frame that cannot be queued is dropped and counted
+(`transport.FrameSender`), the link reconnects by itself when the host restarts, and SIGINT or
+SIGTERM stop the loop cleanly after the current frame. A stats line is logged periodically.
+No torch: a camera board installs `stereodsc[edge]` only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import signal
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from stereodsc.errors import ConfigError
+from stereodsc.tomlio import load_toml, section
+from stereodsc.wire import Role
+
+log = logging.getLogger("stereodsc.edge")
+
+ROLES = {"reference": Role.REFERENCE, "dependent": Role.DEPENDENT}
+
+
+@dataclass
+class CameraSection:
+    rig_id: int = 1
+    camera_id: int = 0
+    role: str = "reference"  # "reference" (sends the side information) or "dependent"
+    source: str = "sample"  # sample | kitti | folder | video | device | gstreamer
+    path: str = ""  # kitti drive / folder / video file / device index / GStreamer pipeline
+    drive_camera: str = "left"  # sample and kitti sources: which camera of the drive ("left"/"right")
+    fps: float = 0.0  # pace recorded sources (0: as fast as the encoder goes); live sources pace themselves
+    loop: bool = False
+    max_frames: int = 0  # stop after this many captured frames (0: never)
+    rig_file: str = ""  # rectify with this rig (stereodsc calibrate); empty: frames are already rectified
+
+
+@dataclass
+class CodecSection:
+    bundle: str = ""  # bundle folder (stereodsc export); empty: the bundle that ships with stereodsc
+    quality: int = 0
+    backend: str = "cpu"  # cpu | cuda | tensorrt-ep | tensorrt
+
+
+@dataclass
+class LinkSection:
+    endpoint: str = "tcp://127.0.0.1:5555"
+    send_hwm: int = 4
+    wait_for_host_s: float = 0.0  # at start, hold the first frame until the host is connected (0: don't)
+
+
+@dataclass
+class LogSection:
+    stats_every_s: float = 10.0
+    frame_log: str = ""  # JSON lines, one per frame (seq, bytes, symbols sha256): for audits and tests
+
+
+@dataclass
+class EdgeConfig:
+    camera: CameraSection = field(default_factory=CameraSection)
+    codec: CodecSection = field(default_factory=CodecSection)
+    link: LinkSection = field(default_factory=LinkSection)
+    log: LogSection = field(default_factory=LogSection)
+
+
+def edge_config_from_dict(raw: dict[str, Any], source: str = "<edge config>") -> EdgeConfig:
+    unknown = sorted(set(raw) - {"camera", "codec", "link", "log"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: [camera], [codec], [link], [log]")
+    cfg = EdgeConfig(
+        camera=section(CameraSection, raw.get("camera", {}), "camera", source),
+        codec=section(CodecSection, raw.get("codec", {}), "codec", source),
+        link=section(LinkSection, raw.get("link", {}), "link", source),
+        log=section(LogSection, raw.get("log", {}), "log", source),
+    )
+    if cfg.camera.role not in ROLES:
+        raise ConfigError(f"{source}: [camera] role = {cfg.camera.role!r}; choose 'reference' or 'dependent'")
+    return cfg
+
+
+def load_edge_config(path: str | Path) -> EdgeConfig:
+    return edge_config_from_dict(load_toml(path), str(path))
+
+
+@dataclass
+class NodeStats:
+    captured: int = 0
+    sent: int = 0
+    dropped: int = 0  # the send queue was full or the host is not connected
+    bytes_sent: int = 0
+    encode_s: float = 0.0
+
+    def line(self, elapsed_s: float) -> str:
+        fps = self.captured / elapsed_s if elapsed_s > 0 else 0.0
+        per_frame = self.bytes_sent / self.sent if self.sent else 0.0
+        enc_ms = 1000 * self.encode_s / self.captured if self.captured else 0.0
+        return (
+            f"captured {self.captured} ({fps:.1f} fps), sent {self.sent}, dropped {self.dropped}, "
+            f"{per_frame:.0f} B/frame, encode {enc_ms:.1f} ms/frame"
+        )
+
+
+class CameraNode:
+    """One camera: its source, rectifier, encoder and link; `run()` streams until stopped."""
+
+    def __init__(self, cfg: EdgeConfig) -> None:
+        from stereodsc.edge_encoder.encoder import EdgeEncoder
+
+        from stereodsc.bundle import load_bundle
+        from stereodsc.edge_encoder.sources import open_source
+        from stereodsc.transport import FrameSender
+
+        self.cfg = cfg
+        cam = cfg.camera
+        self.role = ROLES[cam.role]
+        bundle = load_bundle(cfg.codec.bundle or default_bundle())
+        codec_role = "intra" if self.role == Role.REFERENCE else "side_info"
+        self.encoder = EdgeEncoder(bundle, codec_role, cfg.codec.quality, cfg.codec.backend)
+        self.rectify = None
+        if cam.rig_file:
+            from stereodsc.calibration import Rectifier, load_rig
+
+            which = "left" if self.role == Role.REFERENCE else "right"
+            self.rectify = Rectifier.from_rig(load_rig(cam.rig_file), which)
+        self.frames = open_source(cam.source, cam.path, cam.drive_camera, cam.loop)
+        self.sender = FrameSender(cfg.link.endpoint, sndhwm=cfg.link.send_hwm)
+        self.stats = NodeStats()
+        self.seq = 0
+        self._stop = False
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    def _paced(self) -> Iterator[Any]:
+        period = 1.0 / self.cfg.camera.fps if self.cfg.camera.fps > 0 else 0.0
+        next_t = time.monotonic()
+        for captured in self.frames:
+            if period:
+                delay = next_t - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                next_t = max(next_t + period, time.monotonic() - period)
+            yield captured
+
+    def _wait_for_host(self, data: bytes) -> bool:
+        """Retry the first frame until the host is connected (or the wait runs out)."""
+        deadline = time.monotonic() + self.cfg.link.wait_for_host_s
+        while not self._stop and time.monotonic() < deadline:
+            if self.sender.send(data):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def run(self) -> NodeStats:
+        cam, frame_log = self.cfg.camera, self.cfg.log.frame_log
+        log_file = open(frame_log, "a") if frame_log else None  # noqa: SIM115 - closed in finally
+        started = last_stats = time.monotonic()
+        log.info(
+            "camera %d.%d (%s) -> %s, bundle quality %d",
+            cam.rig_id,
+            cam.camera_id,
+            cam.role,
+            self.cfg.link.endpoint,
+            self.cfg.codec.quality,
+        )
+        try:
+            for captured in self._paced():
+                if self._stop:
+                    break
+                image = self.rectify(captured.image) if self.rectify else captured.image
+                t0 = time.perf_counter()
+                encoded = self.encoder.encode(image)
+                self.stats.encode_s += time.perf_counter() - t0
+                frame = self.encoder.frame(
+                    encoded,
+                    rig_id=cam.rig_id,
+                    camera_id=cam.camera_id,
+                    role=self.role,
+                    seq=self.seq,
+                    t_capture_ns=captured.t_capture_ns,
+                )
+                data = frame.pack()
+                first = self.stats.captured == 0 and self.cfg.link.wait_for_host_s > 0
+                ok = self._wait_for_host(data) if first else self.sender.send(data)
+                self.stats.captured += 1
+                if ok:
+                    self.stats.sent += 1
+                    self.stats.bytes_sent += len(data)
+                else:
+                    self.stats.dropped += 1
+                if log_file:
+                    digest = hashlib.sha256(encoded.symbols.tobytes()).hexdigest()
+                    log_file.write(
+                        json.dumps(
+                            {
+                                "seq": self.seq,
+                                "sent": ok,
+                                "bytes": len(data),
+                                "t_capture_ns": captured.t_capture_ns,
+                                "symbols": digest,
+                            }
+                        )
+                        + "\n"
+                    )
+                    log_file.flush()
+                self.seq = (self.seq + 1) & 0xFFFFFFFF
+                now = time.monotonic()
+                if now - last_stats >= self.cfg.log.stats_every_s:
+                    log.info("camera %d.%d: %s", cam.rig_id, cam.camera_id, self.stats.line(now - started))
+                    last_stats = now
+                if cam.max_frames and self.stats.captured >= cam.max_frames:
+                    break
+        finally:
+            if log_file:
+                log_file.close()
+            self.sender.close()
+        log.info(
+            "camera %d.%d stopped: %s", cam.rig_id, cam.camera_id, self.stats.line(time.monotonic() - started)
+        )
+        return self.stats
+
+
+def default_bundle() -> Path:
+    """The bundle that ships inside the package (see README: shipped models)."""
+    path = Path(__file__).resolve().parents[1] / "bundles" / "default"
+    if not path.is_dir():
+        raise ConfigError(
+            "no bundle configured and no default bundle ships with this install; "
+            "set [codec] bundle to a folder made by 'stereodsc export'"
+        )
+    return path
+
+
+def run_camera_node(config: str | Path) -> int:
+    """Entry point of `stereodsc edge`: run until the source ends or a signal arrives."""
+    node = CameraNode(load_edge_config(config))
+    signal.signal(signal.SIGINT, node.stop)
+    signal.signal(signal.SIGTERM, node.stop)
+    node.run()
+    return 0

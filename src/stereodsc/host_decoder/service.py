@@ -1,0 +1,386 @@
+"""The host decoder service: receive -> validate -> pair -> decode -> deliver.
+
+Every received message ends in exactly one outcome, counted by reason: rejected by the parser
+(typed `BitstreamError`), dropped by the pairing policy, or decoded (a reference, or a dependent
+with or without side information). Gaps in a camera's sequence numbers (frames lost before they
+reached the host) are counted too. Nothing in the loop can crash the service: an unexpected error
+while handling one frame is logged with its traceback, counted, and the loop goes on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import signal
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stereodsc.errors import BitstreamError, ConfigError
+from stereodsc.host_decoder.pairing import (
+    DecodeDependent,
+    DecodeReference,
+    Dropped,
+    Event,
+    Pairer,
+    PairingPolicy,
+    ReleaseReference,
+)
+from stereodsc.tomlio import load_toml, section
+from stereodsc.wire import Frame, Role, seq_delta, unpack
+
+log = logging.getLogger("stereodsc.host")
+
+
+@dataclass
+class HostSection:
+    endpoint: str = "tcp://*:5555"
+    bundle: str = ""  # bundle folder; empty: the bundle that ships with stereodsc
+    backend: str = "cpu"  # cpu | cuda | tensorrt-ep | tensorrt
+    max_frame_bytes: int = 1 << 20
+    recv_hwm: int = 64
+    stats_every_s: float = 10.0
+    max_frames: int = 0  # stop after this many received messages (0: never)
+    idle_exit_s: float = 0.0  # stop when nothing arrived for this long after the first frame (0: never)
+    stats_file: str = ""  # write the final statistics here as JSON
+
+
+@dataclass
+class PairingSection:
+    match_by: str = "seq"  # "seq" (cameras share a trigger) or "time" (capture clocks within tolerance)
+    tolerance_ms: float = 20.0
+    deadline_ms: float = 1000.0
+    max_pending: int = 64
+    max_references: int = 8
+    policy: str = "latest_reference"  # wait | latest_reference | no_side_info | drop
+
+
+@dataclass
+class SinkSection:
+    png_dir: str = ""  # write every decoded frame as rig<R>_cam<C>_<seq>.png
+    publish: str = ""  # bind a ZeroMQ PUB socket here and publish decoded frames
+    frame_log: str = ""  # JSON lines, one per decoded frame (symbols sha256, latency): audits and tests
+
+
+@dataclass
+class HostConfig:
+    host: HostSection = field(default_factory=HostSection)
+    pairing: PairingSection = field(default_factory=PairingSection)
+    sinks: SinkSection = field(default_factory=SinkSection)
+
+
+def host_config_from_dict(raw: dict[str, Any], source: str = "<host config>") -> HostConfig:
+    unknown = sorted(set(raw) - {"host", "pairing", "sinks"})
+    if unknown:
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: [host], [pairing], [sinks]")
+    cfg = HostConfig(
+        host=section(HostSection, raw.get("host", {}), "host", source),
+        pairing=section(PairingSection, raw.get("pairing", {}), "pairing", source),
+        sinks=section(SinkSection, raw.get("sinks", {}), "sinks", source),
+    )
+    policies = [p.value for p in PairingPolicy]
+    if cfg.pairing.policy not in policies:
+        raise ConfigError(f"{source}: [pairing] policy = {cfg.pairing.policy!r}; choose one of {policies}")
+    return cfg
+
+
+def load_host_config(path: str | Path) -> HostConfig:
+    return host_config_from_dict(load_toml(path), str(path))
+
+
+@dataclass(frozen=True)
+class DecodedFrame:
+    """What a sink receives: the picture and where it came from."""
+
+    frame: Frame
+    image: np.ndarray  # uint8 RGB HxWx3
+    side_info_used: bool
+    wire_bytes: int
+    symbols_sha256: str
+    latency_s: float  # from receipt to delivery
+
+
+class LatencyStats:
+    """Per-stage latency samples (the most recent 10,000) and their percentiles."""
+
+    def __init__(self) -> None:
+        self.samples: dict[str, deque[float]] = {}
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.samples.setdefault(stage, deque(maxlen=10_000)).append(seconds)
+
+    def percentiles(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, values in self.samples.items():
+            arr = np.asarray(values) * 1000
+            out[stage] = {f"p{q}_ms": round(float(np.percentile(arr, q)), 3) for q in (50, 90, 99)}
+            out[stage]["count"] = len(arr)
+        return out
+
+
+@dataclass
+class HostStats:
+    received: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)  # by error type
+    decoded_reference: int = 0
+    decoded_with_side_info: int = 0
+    decoded_without_side_info: Counter[str] = field(default_factory=Counter)  # by reason
+    dropped: Counter[str] = field(default_factory=Counter)  # by pairing reason
+    decode_errors: Counter[str] = field(default_factory=Counter)
+    sequence_gaps: int = 0  # frames a camera numbered but the host never received
+    latency: LatencyStats = field(default_factory=LatencyStats)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "received": self.received,
+            "rejected": dict(self.rejected),
+            "decoded_reference": self.decoded_reference,
+            "decoded_with_side_info": self.decoded_with_side_info,
+            "decoded_without_side_info": dict(self.decoded_without_side_info),
+            "dropped": dict(self.dropped),
+            "decode_errors": dict(self.decode_errors),
+            "sequence_gaps": self.sequence_gaps,
+            "latency": self.latency.percentiles(),
+        }
+
+    def line(self) -> str:
+        decoded = (
+            self.decoded_reference
+            + self.decoded_with_side_info
+            + sum(self.decoded_without_side_info.values())
+        )
+        lat = self.latency.percentiles().get("total", {})
+        return (
+            f"received {self.received}, decoded {decoded} ({self.decoded_with_side_info} with side info), "
+            f"rejected {sum(self.rejected.values())}, dropped {sum(self.dropped.values())}, "
+            f"gaps {self.sequence_gaps}, latency p50 {lat.get('p50_ms', 0):.1f} ms"
+        )
+
+
+def _key(frame: Frame) -> tuple[int, int, int, int]:
+    return frame.rig_id, frame.camera_id, frame.seq, frame.t_capture_ns
+
+
+class HostService:
+    """Owns the receiver, the pairer, the decoder and the sinks; `run()` serves until stopped."""
+
+    def __init__(
+        self, cfg: HostConfig, callbacks: list[Callable[[DecodedFrame], None]] | None = None
+    ) -> None:
+        from stereodsc.bundle import load_bundle
+        from stereodsc.edge_encoder.daemon import default_bundle
+        from stereodsc.host_decoder.decoder import HostDecoder
+        from stereodsc.transport import DecodedPublisher, FrameReceiver
+
+        self.cfg = cfg
+        self.bundle = load_bundle(cfg.host.bundle or default_bundle())
+        self.decoder = HostDecoder(self.bundle, cfg.host.backend)
+        p = cfg.pairing
+        self.pairer: Pairer[Frame] = Pairer(
+            tolerance_ns=int(p.tolerance_ms * 1e6),
+            deadline_ns=int(p.deadline_ms * 1e6),
+            max_pending=p.max_pending,
+            policy=PairingPolicy(p.policy),
+            match_by=p.match_by,  # type: ignore[arg-type]
+            max_references=p.max_references,
+        )
+        self.receiver = FrameReceiver(
+            cfg.host.endpoint, rcvhwm=cfg.host.recv_hwm, max_frame_bytes=cfg.host.max_frame_bytes
+        )
+        self.publisher = DecodedPublisher(cfg.sinks.publish) if cfg.sinks.publish else None
+        self.callbacks = list(callbacks or [])
+        self.stats = HostStats()
+        self._references: dict[tuple[int, int, int, int], np.ndarray] = {}
+        self._arrivals: dict[int, tuple[float, int]] = {}  # id(frame) -> (receipt time, wire bytes)
+        self._last_seq: dict[tuple[int, int], int] = {}
+        self._frame_log = open(cfg.sinks.frame_log, "a") if cfg.sinks.frame_log else None  # noqa: SIM115
+        self._stop = False
+        self._last_error_log: dict[str, float] = {}
+
+    def stop(self, *_: object) -> None:
+        self._stop = True
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def run(self) -> HostStats:
+        h = self.cfg.host
+        log.info(
+            "host listening on %s, bundle %s, policy %s",
+            h.endpoint,
+            self.bundle.id[:16],
+            self.cfg.pairing.policy,
+        )
+        last_stats = last_rx = time.monotonic()
+        try:
+            while not self._stop:
+                data = self.receiver.recv(timeout_ms=50)
+                now = time.monotonic()
+                if data is not None:
+                    last_rx = now
+                    self.handle(data, now)
+                else:
+                    self.act(self.pairer.poll(time.monotonic_ns()))
+                if h.max_frames and self.stats.received >= h.max_frames and not self.pairer.pending:
+                    break
+                if h.idle_exit_s and self.stats.received and now - last_rx > h.idle_exit_s:
+                    break
+                if now - last_stats >= h.stats_every_s:
+                    log.info("host: %s", self.stats.line())
+                    last_stats = now
+        finally:
+            self.close()
+        return self.stats
+
+    def handle(self, data: bytes, received_at: float) -> None:
+        """One message from the wire: parse, account for gaps, pair, act on what pairing says."""
+        self.stats.received += 1
+        try:
+            t0 = time.perf_counter()
+            frame = unpack(
+                data, max_frame_bytes=self.cfg.host.max_frame_bytes, expected_bundle=self.bundle.id_bytes
+            )
+            self.stats.latency.add("parse", time.perf_counter() - t0)
+        except BitstreamError as e:
+            self.stats.rejected[type(e).__name__] += 1
+            self._log_limited(type(e).__name__, "rejected a frame: %s", e)
+            return
+        self._count_gap(frame)
+        self._arrivals[id(frame)] = (received_at, len(data))
+        self.act(self.pairer.push(frame, time.monotonic_ns()))
+
+    def act(self, events: list[Event[Frame]]) -> None:
+        for event in events:
+            try:
+                self._act(event)
+            except Exception as e:  # a bug must cost one frame, never the service
+                self.stats.decode_errors[type(e).__name__] += 1
+                log.exception("error while handling %s", type(event).__name__)
+            finally:
+                if not isinstance(event, ReleaseReference):
+                    self._arrivals.pop(id(event.frame), None)
+
+    def _act(self, event: Event[Frame]) -> None:
+        if isinstance(event, DecodeReference):
+            image = self._decode(event.frame, None)
+            if image is not None:
+                self._references[_key(event.frame)] = image
+                self.stats.decoded_reference += 1
+        elif isinstance(event, DecodeDependent):
+            side = self._references.get(_key(event.reference)) if event.reference is not None else None
+            if self._decode(event.frame, side) is not None:
+                if side is not None:
+                    self.stats.decoded_with_side_info += 1
+                else:
+                    reason = event.reason.value if event.reference is None else "reference_undecodable"
+                    self.stats.decoded_without_side_info[reason] += 1
+        elif isinstance(event, Dropped):
+            self.stats.dropped[event.reason.value] += 1
+            self._log_limited(
+                f"drop-{event.reason.value}",
+                "dropped camera %d.%d seq %d: %s",
+                event.frame.rig_id,
+                event.frame.camera_id,
+                event.frame.seq,
+                event.reason.value,
+            )
+        elif isinstance(event, ReleaseReference):
+            self._references.pop(_key(event.frame), None)
+
+    def _decode(self, frame: Frame, side: np.ndarray | None) -> np.ndarray | None:
+        """Decode and deliver one frame; a corrupt payload is counted and yields None."""
+        t0 = time.perf_counter()
+        try:
+            decoded = self.decoder.decode(frame, side)
+        except BitstreamError as e:
+            self.stats.decode_errors[type(e).__name__] += 1
+            self._log_limited(
+                type(e).__name__,
+                "cannot decode camera %d.%d seq %d: %s",
+                frame.rig_id,
+                frame.camera_id,
+                frame.seq,
+                e,
+            )
+            return None
+        t1 = time.perf_counter()
+        self.stats.latency.add("decode", t1 - t0)
+        received_at, wire_bytes = self._arrivals.get(id(frame), (time.monotonic(), 0))
+        symbols_sha256 = hashlib.sha256(decoded.symbols.tobytes()).hexdigest()
+        latency = time.monotonic() - received_at
+        out = DecodedFrame(frame, decoded.image, side is not None, wire_bytes, symbols_sha256, latency)
+        self.deliver(out)
+        self.stats.latency.add("total", time.monotonic() - received_at)
+        return decoded.image
+
+    # ---- sinks ---------------------------------------------------------------------------------
+    def deliver(self, out: DecodedFrame) -> None:
+        f, sinks = out.frame, self.cfg.sinks
+        name = f"rig{f.rig_id}_cam{f.camera_id}_{f.seq:010d}"
+        if sinks.png_dir:
+            from stereodsc.images import write_rgb
+
+            write_rgb(Path(sinks.png_dir) / f"{name}.png", out.image)
+        header = {
+            "rig": f.rig_id,
+            "camera": f.camera_id,
+            "role": Role(f.role).name.lower(),
+            "seq": f.seq,
+            "t_capture_ns": f.t_capture_ns,
+            "height": int(out.image.shape[0]),
+            "width": int(out.image.shape[1]),
+            "side_info": out.side_info_used,
+            "bytes": out.wire_bytes,
+            "symbols": out.symbols_sha256,
+            "latency_ms": round(out.latency_s * 1e3, 3),
+        }
+        if self.publisher is not None:
+            self.publisher.publish(
+                f"rig{f.rig_id}.cam{f.camera_id}".encode(), json.dumps(header).encode(), out.image.tobytes()
+            )
+        if self._frame_log is not None:
+            self._frame_log.write(json.dumps(header) + "\n")
+            self._frame_log.flush()
+        for callback in self.callbacks:
+            callback(out)
+
+    # ---- helpers -------------------------------------------------------------------------------
+    def _count_gap(self, frame: Frame) -> None:
+        cam = (frame.rig_id, frame.camera_id)
+        last = self._last_seq.get(cam)
+        if last is not None:
+            delta = seq_delta(frame.seq, last)
+            if 1 < delta < 1 << 16:
+                self.stats.sequence_gaps += delta - 1
+        if last is None or seq_delta(frame.seq, last) > 0:
+            self._last_seq[cam] = frame.seq
+
+    def _log_limited(self, key: str, msg: str, *args: object) -> None:
+        """Log at most once per stats interval per kind of problem: no floods from a broken sender."""
+        now = time.monotonic()
+        if now - self._last_error_log.get(key, -1e9) >= self.cfg.host.stats_every_s:
+            self._last_error_log[key] = now
+            log.warning(msg + " (further ones are counted, logged once per interval)", *args)
+
+    def close(self) -> None:
+        log.info("host stopped: %s", self.stats.line())
+        if self.cfg.host.stats_file:
+            Path(self.cfg.host.stats_file).write_text(json.dumps(self.stats.as_dict(), indent=2))
+        self.receiver.close()
+        if self.publisher is not None:
+            self.publisher.close()
+        if self._frame_log is not None:
+            self._frame_log.close()
+
+
+def run_host_service(config: str | Path) -> int:
+    """Entry point of `stereodsc host`: serve until SIGINT/SIGTERM (or the configured limits)."""
+    service = HostService(load_host_config(config))
+    signal.signal(signal.SIGINT, service.stop)
+    signal.signal(signal.SIGTERM, service.stop)
+    service.run()
+    return 0

@@ -1,0 +1,303 @@
+"""ZeroMQ links between camera boards and the host that never block a camera and survive restarts.
+
+Camera -> host is **PUSH (camera connects) -> PULL (host binds)**:
+
+- The host binds one endpoint; any number of cameras connect to it and PULL fair-queues between them.
+- The connecting side reconnects by itself (``RECONNECT_IVL`` backing off to ``RECONNECT_IVL_MAX``),
+  so a restarted host is found again without restarting a camera; the host may also start last.
+- Every send is ``NOBLOCK``: when the frame cannot be queued the camera drops it, counts it and goes on
+  with the next frame (a stale frame is worth less than the next one).
+- Frames are one-way, single-part and self-describing (the wire header names the rig, camera and seq),
+  so DEALER -> ROUTER's routing-id envelope and return path would buy nothing on the frame path. Acks,
+  credits or key rotation, when wanted, belong on a separate control socket, not in the frame stream.
+  REQ/REP is out: it blocks the sender and hangs when the host restarts (imagezmq #1, #18, #35, #49).
+
+Options and why:
+
+- ``IMMEDIATE=1``: frames are only queued towards a host whose connection is complete. While the host
+  is down or not yet reachable every `FrameSender.send` is dropped and counted at once, instead of
+  up to ``SNDHWM`` frames piling up in the pipe and arriving seconds late after the reconnect.
+- ``SNDHWM`` small (4): at most a few frames (plus what the kernel's TCP buffers hold) are in flight
+  when the host is slow; past that, frames are dropped at the camera, which bounds latency.
+- ZMTP heartbeats (``HEARTBEAT_IVL``/``_TIMEOUT``/``_TTL``) and TCP keepalive: a half-open connection
+  (host power loss, pulled cable: no FIN or RST ever arrives) is detected within the heartbeat timeout
+  and reconnected, on both sides. A host that stops reading altogether (its ``RCVHWM`` queue full)
+  stops reading the socket too, so it misses heartbeats: after the timeout the camera resets the
+  link, dropping what was queued on it, and reconnects; a host that reads slowly is not affected.
+  ``CONNECT_TIMEOUT`` (= heartbeat timeout) keeps a connect to a
+  silent, unplugged host from waiting out the OS's two-minute SYN retries before the next attempt.
+- ``LINGER=0``: closing never waits for unsent frames.
+- Host side, ``MAXMSGSIZE``: libzmq refuses a larger message as it reads the length, before allocating
+  it, and resets that sender's connection (which reconnects by itself). libzmq does not report this,
+  so it is not in the receiver's stats. Multipart messages are read, counted and discarded.
+
+Decoded frames leave the host on a PUB socket (`DecodedPublisher`): PUB never blocks and drops
+messages for a subscriber whose queue is full, which is what a live viewer wants.
+
+Nothing here pickles: the wire format is `stereodsc.wire`. Sockets are not thread-safe: use each
+object from one thread. CURVE authentication will come as further keyword-only options.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TypeVar
+
+import zmq
+
+from stereodsc.errors import ConfigError, StereoDSCError
+
+_TCP_KEEPALIVE_IDLE_S = 10
+_TCP_KEEPALIVE_INTVL_S = 2
+_TCP_KEEPALIVE_CNT = 3
+
+
+_L = TypeVar("_L", bound="_Link")
+
+
+class TransportError(StereoDSCError):
+    """A socket could not be bound or connected, or was used after `close`."""
+
+
+@dataclass
+class SenderStats:
+    sent: int = 0
+    dropped_full: int = 0
+    """Frames not queued: no connected host (see ``IMMEDIATE``) or its queue at the high-water mark."""
+
+
+@dataclass
+class ReceiverStats:
+    received: int = 0
+    rejected_multipart: int = 0
+
+
+@dataclass
+class PublisherStats:
+    published: int = 0
+    """Handed to libzmq; PUB silently drops them for any subscriber whose queue is full."""
+
+
+class _Link:
+    """One socket with the options every link shares, its context, and close/with support."""
+
+    def __init__(
+        self,
+        socket_type: int,
+        endpoint: str,
+        *,
+        bind: bool,
+        options: dict[int, int],
+        linger_ms: int,
+        heartbeat_ivl_ms: int,
+        heartbeat_timeout_ms: int,
+        context: zmq.Context[zmq.Socket[bytes]] | None,
+    ) -> None:
+        if linger_ms < 0:
+            raise ConfigError(f"linger_ms must be >= 0 (never wait forever on close), got {linger_ms}")
+        if heartbeat_ivl_ms <= 0 or heartbeat_timeout_ms <= heartbeat_ivl_ms:
+            raise ConfigError(
+                "heartbeats need 0 < heartbeat_ivl_ms < heartbeat_timeout_ms, "
+                f"got {heartbeat_ivl_ms} and {heartbeat_timeout_ms}"
+            )
+        options = {
+            zmq.LINGER: linger_ms,
+            zmq.HEARTBEAT_IVL: heartbeat_ivl_ms,
+            zmq.HEARTBEAT_TIMEOUT: heartbeat_timeout_ms,
+            zmq.HEARTBEAT_TTL: heartbeat_timeout_ms,
+            zmq.TCP_KEEPALIVE: 1,
+            zmq.TCP_KEEPALIVE_IDLE: _TCP_KEEPALIVE_IDLE_S,
+            zmq.TCP_KEEPALIVE_INTVL: _TCP_KEEPALIVE_INTVL_S,
+            zmq.TCP_KEEPALIVE_CNT: _TCP_KEEPALIVE_CNT,
+            **options,
+        }
+        self._owns_context = context is None
+        self._context = zmq.Context() if context is None else context
+        self._socket = self._context.socket(socket_type)
+        try:
+            for option, value in options.items():
+                self._socket.setsockopt(option, value)
+            if bind:
+                self._socket.bind(endpoint)
+            else:
+                self._socket.connect(endpoint)
+        except zmq.ZMQError as e:
+            self.close()
+            verb = "bind" if bind else "connect"
+            hint = ": is another host running on it?" if e.errno == zmq.EADDRINUSE else ""
+            raise TransportError(f"cannot {verb} {endpoint!r}: {e}{hint}") from e
+
+    @property
+    def socket(self) -> zmq.Socket[bytes]:
+        """The underlying socket, e.g. to register with a `zmq.Poller` (do not change its options)."""
+        return self._socket
+
+    @property
+    def endpoint(self) -> str:
+        """The endpoint last bound or connected, with the actual port after binding ``tcp://host:*``."""
+        return self._socket.getsockopt_string(zmq.LAST_ENDPOINT)
+
+    def _check_open(self) -> None:
+        if self._socket.closed:
+            raise TransportError(f"{type(self).__name__} used after close()")
+
+    def close(self) -> None:
+        """Close now (unsent messages are discarded after ``linger_ms``); safe to call twice."""
+        if not self._socket.closed:
+            self._socket.close()
+            if self._owns_context:
+                self._context.term()
+
+    def __enter__(self: _L) -> _L:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+
+class FrameSender(_Link):
+    """The camera's end: connects a PUSH socket to the host; `send` never blocks."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        sndhwm: int = 4,
+        linger_ms: int = 0,
+        heartbeat_ivl_ms: int = 1000,
+        heartbeat_timeout_ms: int = 3000,
+        reconnect_ivl_ms: int = 100,
+        reconnect_ivl_max_ms: int = 2000,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        if sndhwm < 1:
+            raise ConfigError(f"sndhwm must be >= 1 (0 would mean an unbounded queue), got {sndhwm}")
+        if not 0 < reconnect_ivl_ms <= reconnect_ivl_max_ms:
+            raise ConfigError(
+                "reconnects need 0 < reconnect_ivl_ms <= reconnect_ivl_max_ms, "
+                f"got {reconnect_ivl_ms} and {reconnect_ivl_max_ms}"
+            )
+        self.stats = SenderStats()
+        super().__init__(
+            zmq.PUSH,
+            endpoint,
+            bind=False,
+            options={
+                zmq.SNDHWM: sndhwm,
+                zmq.IMMEDIATE: 1,
+                zmq.RECONNECT_IVL: reconnect_ivl_ms,
+                zmq.RECONNECT_IVL_MAX: reconnect_ivl_max_ms,
+                zmq.CONNECT_TIMEOUT: heartbeat_timeout_ms,
+            },
+            linger_ms=linger_ms,
+            heartbeat_ivl_ms=heartbeat_ivl_ms,
+            heartbeat_timeout_ms=heartbeat_timeout_ms,
+            context=context,
+        )
+
+    def send(self, data: bytes) -> bool:
+        """Queue one packed frame; False (and counted in ``stats.dropped_full``) if it could not be."""
+        self._check_open()
+        try:
+            self._socket.send(data, zmq.NOBLOCK)
+        except zmq.Again:
+            self.stats.dropped_full += 1
+            return False
+        self.stats.sent += 1
+        return True
+
+
+class FrameReceiver(_Link):
+    """The host's end: binds a PULL socket that every camera connects to."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        rcvhwm: int = 64,
+        max_frame_bytes: int = 1 << 20,
+        linger_ms: int = 0,
+        heartbeat_ivl_ms: int = 1000,
+        heartbeat_timeout_ms: int = 3000,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        if rcvhwm < 1:
+            raise ConfigError(f"rcvhwm must be >= 1 (0 would mean an unbounded queue), got {rcvhwm}")
+        if max_frame_bytes < 1:
+            raise ConfigError(f"max_frame_bytes must be >= 1, got {max_frame_bytes}")
+        self.stats = ReceiverStats()
+        super().__init__(
+            zmq.PULL,
+            endpoint,
+            bind=True,
+            options={zmq.RCVHWM: rcvhwm, zmq.MAXMSGSIZE: max_frame_bytes},
+            linger_ms=linger_ms,
+            heartbeat_ivl_ms=heartbeat_ivl_ms,
+            heartbeat_timeout_ms=heartbeat_timeout_ms,
+            context=context,
+        )
+
+    def recv(self, timeout_ms: int) -> bytes | None:
+        """The next single-part message, or None if none came within `timeout_ms` (0: don't wait).
+
+        Multipart messages are discarded and counted; the wait for a valid one goes on until the timeout.
+        """
+        if timeout_ms < 0:
+            raise ValueError(f"timeout_ms must be >= 0 (the host loop must wake up), got {timeout_ms}")
+        self._check_open()
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            try:
+                data = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                remaining_ms = max(0, round((deadline - time.monotonic()) * 1000))
+                if remaining_ms == 0 or not self._socket.poll(remaining_ms, zmq.POLLIN):
+                    return None
+                continue
+            if not self._socket.get(zmq.RCVMORE):
+                self.stats.received += 1
+                return data
+            while self._socket.get(zmq.RCVMORE):  # the parts of one message arrive together
+                self._socket.recv(zmq.NOBLOCK)
+            self.stats.rejected_multipart += 1
+
+
+class DecodedPublisher(_Link):
+    """The host's sink for decoded frames: binds a PUB socket; `publish` never blocks."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        sndhwm: int = 2,
+        linger_ms: int = 0,
+        heartbeat_ivl_ms: int = 1000,
+        heartbeat_timeout_ms: int = 3000,
+        context: zmq.Context[zmq.Socket[bytes]] | None = None,
+    ) -> None:
+        if sndhwm < 1:
+            raise ConfigError(f"sndhwm must be >= 1 (0 would mean an unbounded queue), got {sndhwm}")
+        self.stats = PublisherStats()
+        super().__init__(
+            zmq.PUB,
+            endpoint,
+            bind=True,
+            options={zmq.SNDHWM: sndhwm},
+            linger_ms=linger_ms,
+            heartbeat_ivl_ms=heartbeat_ivl_ms,
+            heartbeat_timeout_ms=heartbeat_timeout_ms,
+            context=context,
+        )
+
+    def publish(self, topic: bytes, header: bytes, payload: bytes | bytearray | memoryview) -> None:
+        """Send ``[topic, header, payload]``; subscribers filter on the topic prefix.
+
+        The payload is copied, so the caller may reuse its buffer (e.g. a decoder's output array) at once.
+        """
+        self._check_open()
+        self._socket.send_multipart([topic, header, payload], zmq.NOBLOCK)
+        self.stats.published += 1

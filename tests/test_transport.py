@@ -1,0 +1,262 @@
+"""Real ZeroMQ sockets over tcp://127.0.0.1: delivery, never-blocking drops, host restarts, size limits.
+
+Every wait is bounded (a deadline loop or a recv timeout) and every test has a pytest-timeout.
+Assertions are on counts and behaviour, never on wall-clock durations.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+import zmq
+
+from stereodsc.errors import ConfigError
+from stereodsc.transport import DecodedPublisher, FrameReceiver, FrameSender, TransportError
+
+pytestmark = pytest.mark.timeout(30)
+
+PROBE = b"probe"
+DEADLINE_S = 10.0
+
+
+def free_endpoint() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+@pytest.fixture
+def receiver() -> Iterator[FrameReceiver]:
+    with FrameReceiver("tcp://127.0.0.1:*") as r:
+        yield r
+
+
+def connect(sender: FrameSender, receiver: FrameReceiver) -> None:
+    """Send probes until one arrives: with IMMEDIATE, frames are dropped until the link is up."""
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        sender.send(PROBE)
+        if receiver.recv(timeout_ms=20) == PROBE:
+            return
+    pytest.fail("sender never connected to the receiver")
+
+
+def send_all(sender: FrameSender, frames: list[bytes], receiver: FrameReceiver) -> list[bytes]:
+    """Send every frame, retrying those the HWM refused, while reading what arrives (non-probes).
+
+    The reading matters: a host that stops reading for longer than the heartbeat timeout stops
+    answering heartbeats, and the camera resets the link (dropping what was queued on it).
+    """
+    got: list[bytes] = []
+    deadline = time.monotonic() + DEADLINE_S
+    for frame in frames:
+        while not sender.send(frame):
+            assert time.monotonic() < deadline, "sender kept refusing frames"
+            data = receiver.recv(timeout_ms=1)
+            if data is not None and data != PROBE:
+                got.append(data)
+    return got
+
+
+def recv_n(receiver: FrameReceiver, n: int, got: list[bytes] | None = None) -> list[bytes]:
+    """Read until `got` holds n non-probe messages (probes still in flight from `connect` are skipped)."""
+    got = [] if got is None else got
+    deadline = time.monotonic() + DEADLINE_S
+    while len(got) < n and time.monotonic() < deadline:
+        data = receiver.recv(timeout_ms=100)
+        if data is not None and data != PROBE:
+            got.append(data)
+    return got
+
+
+def test_frames_arrive_intact_and_in_order(receiver: FrameReceiver) -> None:
+    frames = [bytes([i % 256]) * (1 + 997 * i % 50_000) + i.to_bytes(4, "little") for i in range(200)]
+    with FrameSender(receiver.endpoint) as sender:
+        connect(sender, receiver)
+        assert recv_n(receiver, len(frames), send_all(sender, frames, receiver)) == frames
+        assert receiver.recv(timeout_ms=50) is None
+
+
+def test_many_cameras_share_one_endpoint(receiver: FrameReceiver) -> None:
+    with FrameSender(receiver.endpoint) as a, FrameSender(receiver.endpoint) as b:
+        connect(a, receiver)
+        connect(b, receiver)
+        got: list[bytes] = []
+        for i in range(50):
+            got += send_all(a, [b"a%d" % i], receiver)
+            got += send_all(b, [b"b%d" % i], receiver)
+        got = recv_n(receiver, 100, got)
+    assert [g for g in got if g.startswith(b"a")] == [b"a%d" % i for i in range(50)]
+    assert [g for g in got if g.startswith(b"b")] == [b"b%d" % i for i in range(50)]
+
+
+def test_sender_without_host_drops_and_counts_then_finds_a_late_host() -> None:
+    endpoint = free_endpoint()
+    with FrameSender(endpoint) as sender:
+        results = [sender.send(b"frame %d" % i) for i in range(1000)]
+        assert not any(results)
+        assert (sender.stats.sent, sender.stats.dropped_full) == (0, 1000)
+        with FrameReceiver(endpoint) as receiver:  # the host starts after the camera
+            connect(sender, receiver)
+            assert recv_n(receiver, 1, send_all(sender, [b"hello"], receiver)) == [b"hello"]
+
+
+def test_full_queue_drops_newest_and_delivers_what_was_accepted() -> None:
+    with FrameReceiver("tcp://127.0.0.1:*", rcvhwm=2) as receiver, FrameSender(receiver.endpoint) as sender:
+        connect(sender, receiver)
+        sent0, dropped0 = sender.stats.sent, sender.stats.dropped_full
+        # The host does not read: sndhwm + rcvhwm + the kernel's TCP buffers fill, then sends fail fast.
+        accepted = [i for i in range(1000) if sender.send(i.to_bytes(4, "little") + bytes(65_536))]
+        assert sender.stats.sent - sent0 == len(accepted)
+        assert sender.stats.dropped_full - dropped0 == 1000 - len(accepted) > 0
+        got = recv_n(receiver, len(accepted))
+        assert [int.from_bytes(g[:4], "little") for g in got] == accepted
+        assert receiver.recv(timeout_ms=50) is None
+
+
+def test_host_restart_on_the_same_port_is_survived() -> None:
+    first = FrameReceiver("tcp://127.0.0.1:*")
+    endpoint = first.endpoint
+    with FrameSender(endpoint) as sender:
+        connect(sender, first)
+        first.close()  # the host goes away while the camera keeps sending
+        down_until = time.monotonic() + 0.3
+        i = 0
+        while time.monotonic() < down_until:
+            sender.send(b"during %d" % i)
+            i += 1
+            time.sleep(0.005)
+        dropped_while_down = sender.stats.dropped_full
+        assert dropped_while_down > 0
+        with FrameReceiver(endpoint) as second:  # restarted host, same port
+            got = None
+            deadline = time.monotonic() + DEADLINE_S
+            while got is None and time.monotonic() < deadline:
+                sender.send(b"after restart")
+                got = second.recv(timeout_ms=20)
+            assert got == b"after restart"
+
+
+def test_stalled_host_is_reset_by_heartbeats_and_flow_resumes() -> None:
+    ivl, hb_timeout = 100, 300
+    receiver = FrameReceiver(
+        "tcp://127.0.0.1:*", rcvhwm=1, heartbeat_ivl_ms=ivl, heartbeat_timeout_ms=hb_timeout
+    )
+    sender = FrameSender(receiver.endpoint, heartbeat_ivl_ms=ivl, heartbeat_timeout_ms=hb_timeout)
+    with receiver, sender:
+        connect(sender, receiver)
+        stalled_until = time.monotonic() + 1.5  # the host reads nothing for 5 heartbeat timeouts
+        while time.monotonic() < stalled_until:
+            sender.send(bytes(65_536))
+            time.sleep(0.002)
+        accepted = sender.stats.sent - 1  # minus the probe
+        assert sender.stats.dropped_full > 0
+        delivered = 0
+        got = None
+        deadline = time.monotonic() + DEADLINE_S
+        while got != b"fresh" and time.monotonic() < deadline:
+            sender.send(b"fresh")
+            got = receiver.recv(timeout_ms=5)
+            delivered += got is not None and len(got) == 65_536
+        assert got == b"fresh"
+        assert delivered < accepted  # the reset link took its queued frames with it
+
+
+def test_oversized_message_is_not_delivered_and_the_link_recovers() -> None:
+    with (
+        FrameReceiver("tcp://127.0.0.1:*", max_frame_bytes=1000) as receiver,
+        FrameSender(receiver.endpoint) as sender,
+    ):
+        connect(sender, receiver)
+        assert sender.send(b"x" * 1001)
+        got = None
+        deadline = time.monotonic() + DEADLINE_S
+        while got is None and time.monotonic() < deadline:  # libzmq reset the link; it reconnects
+            sender.send(b"small")
+            got = receiver.recv(timeout_ms=20)
+            got = None if got == PROBE else got
+        assert got == b"small"
+        while (data := receiver.recv(timeout_ms=100)) is not None:
+            assert len(data) <= 1000
+        assert receiver.stats.rejected_multipart == 0
+
+
+def test_multipart_message_is_rejected_and_counted(receiver: FrameReceiver) -> None:
+    ctx = zmq.Context()
+    try:
+        raw = ctx.socket(zmq.PUSH)
+        raw.setsockopt(zmq.LINGER, 0)
+        raw.connect(receiver.endpoint)
+        raw.send_multipart([b"header", b"payload"])
+        raw.send(b"single")
+        assert receiver.recv(timeout_ms=5000) == b"single"
+        assert receiver.stats.rejected_multipart == 1
+        assert receiver.stats.received == 1
+        raw.close()
+    finally:
+        ctx.term()
+
+
+def test_recv_times_out_with_none(receiver: FrameReceiver) -> None:
+    assert receiver.recv(timeout_ms=0) is None
+    assert receiver.recv(timeout_ms=20) is None
+    with pytest.raises(ValueError):
+        receiver.recv(timeout_ms=-1)
+
+
+def test_decoded_publisher_sends_three_parts_to_subscribers() -> None:
+    with DecodedPublisher("tcp://127.0.0.1:*") as pub:
+        ctx = zmq.Context()
+        try:
+            sub = ctx.socket(zmq.SUB)
+            sub.setsockopt(zmq.LINGER, 0)
+            sub.setsockopt(zmq.SUBSCRIBE, b"rig0/")
+            sub.connect(pub.endpoint)
+            payload = bytearray(b"pixels")
+            got = None
+            deadline = time.monotonic() + DEADLINE_S
+            while got is None and time.monotonic() < deadline:  # PUB/SUB: the subscription takes a moment
+                pub.publish(b"rig1/cam0", b"{}", b"other rig")
+                pub.publish(b"rig0/cam1", b'{"seq": 7}', payload)
+                if sub.poll(20):
+                    got = sub.recv_multipart()
+            payload[:] = b"reused"  # the publisher copied it
+            assert got == [b"rig0/cam1", b'{"seq": 7}', b"pixels"]
+            assert pub.stats.published >= 2
+            sub.close()
+        finally:
+            ctx.term()
+
+
+def test_configuration_and_lifecycle_errors(receiver: FrameReceiver) -> None:
+    with pytest.raises(ConfigError):
+        FrameSender("tcp://127.0.0.1:1", sndhwm=0)
+    with pytest.raises(ConfigError):
+        FrameSender("tcp://127.0.0.1:1", heartbeat_ivl_ms=3000, heartbeat_timeout_ms=1000)
+    with pytest.raises(ConfigError):
+        FrameReceiver("tcp://127.0.0.1:*", max_frame_bytes=0)
+    with pytest.raises(TransportError, match="another host"):
+        FrameReceiver(receiver.endpoint)
+    with pytest.raises(TransportError):
+        FrameSender("not-an-endpoint")
+    with pytest.raises(TransportError):  # libzmq refuses the option: nothing is left open
+        FrameSender(receiver.endpoint, heartbeat_timeout_ms=10**8)
+    sender = FrameSender(receiver.endpoint)
+    sender.close()
+    sender.close()
+    with pytest.raises(TransportError, match="after close"):
+        sender.send(b"x")
+
+
+def test_a_shared_context_is_left_to_its_owner() -> None:
+    ctx = zmq.Context()
+    with (
+        FrameReceiver("tcp://127.0.0.1:*", context=ctx) as receiver,
+        FrameSender(receiver.endpoint, context=ctx) as sender,
+    ):
+        connect(sender, receiver)
+    assert not ctx.closed
+    ctx.term()  # returns at once: both sockets were closed

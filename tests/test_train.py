@@ -201,8 +201,8 @@ def test_checkpoint_schema_is_checked(tmp_path: Path) -> None:
 def test_training_ms_ssim_matches_the_evaluation_metric(sample_drive: Path) -> None:
     from stereodsc.eval.metrics import ms_ssim as ms_ssim_np
     from stereodsc.train.datasets import read_rgb
-    from stereodsc.train.losses import ms_ssim
     from stereodsc.train.loop import to_tensor
+    from stereodsc.train.losses import ms_ssim
 
     a = read_rgb(sample_drive / "image_02" / "data" / "0000000000.png")[:128, :256]
     b = read_rgb(sample_drive / "image_03" / "data" / "0000000000.png")[:128, :256]

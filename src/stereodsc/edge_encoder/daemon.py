@@ -176,7 +176,8 @@ class CameraNode:
                 image = self.rectify(captured.image) if self.rectify else captured.image
                 t0 = time.perf_counter()
                 encoded = self.encoder.encode(image)
-                self.stats.encode_s += time.perf_counter() - t0
+                encode_s = time.perf_counter() - t0
+                self.stats.encode_s += encode_s
                 frame = self.encoder.frame(
                     encoded,
                     rig_id=cam.rig_id,
@@ -196,18 +197,16 @@ class CameraNode:
                     self.stats.dropped += 1
                 if log_file:
                     digest = hashlib.sha256(encoded.symbols.tobytes()).hexdigest()
-                    log_file.write(
-                        json.dumps(
-                            {
-                                "seq": self.seq,
-                                "sent": ok,
-                                "bytes": len(data),
-                                "t_capture_ns": captured.t_capture_ns,
-                                "symbols": digest,
-                            }
-                        )
-                        + "\n"
-                    )
+                    record = {
+                        "seq": self.seq,
+                        "sent": ok,
+                        "bytes": len(data),
+                        "payload_bytes": sum(len(seg) for seg in encoded.segments),
+                        "encode_ms": round(encode_s * 1e3, 3),
+                        "t_capture_ns": captured.t_capture_ns,
+                        "symbols": digest,
+                    }
+                    log_file.write(json.dumps(record) + "\n")
                     log_file.flush()
                 self.seq = (self.seq + 1) & 0xFFFFFFFF
                 now = time.monotonic()

@@ -75,15 +75,11 @@ def bench(size: tuple[int, int], frames: int, threads: int) -> dict[str, float |
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--frames", type=int, default=200)
-    parser.add_argument(
-        "--out", type=Path, default=Path(__file__).resolve().parent / "results" / "rectify.json"
-    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "rectify.json")
     args = parser.parse_args()
 
     default_threads = cv2.getNumThreads()
-    results = [
-        bench(size, args.frames, threads) for size in SIZES for threads in dict.fromkeys([default_threads, 1])
-    ]
+    results = [bench(size, args.frames, threads) for size in SIZES for threads in dict.fromkeys([default_threads, 1])]
     cv2.setNumThreads(default_threads)
     machine = {
         "platform": platform.platform(),

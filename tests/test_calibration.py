@@ -204,9 +204,7 @@ def test_recovered_rig_aligns_rows_of_unseen_points(synthetic_report: Calibratio
     """Points never used for calibration, over the whole field of view, land on the same row."""
     rig = synthetic_report.rig
     rng = np.random.default_rng(3)
-    pts = np.column_stack(
-        [rng.uniform(-0.4, 0.5, 500), rng.uniform(-0.3, 0.3, 500), rng.uniform(0.8, 3, 500)]
-    )
+    pts = np.column_stack([rng.uniform(-0.4, 0.5, 500), rng.uniform(-0.3, 0.3, 500), rng.uniform(0.8, 3, 500)])
     pl = cv2.projectPoints(pts, np.zeros(3), np.zeros(3), K_L, D_L)[0]
     pr = cv2.projectPoints(pts, cv2.Rodrigues(R_LR)[0], T_LR, K_R, D_R)[0]
     inside = np.all((pl > 0) & (pl < (W, H)) & (pr > 0) & (pr < (W, H)), axis=(1, 2))
@@ -247,9 +245,7 @@ def test_wrong_board_is_rejected_with_the_fix(synthetic_views: tuple[list[Path],
     assert "not writing a rig" in str(err.value)
 
 
-def test_bad_views_are_rejected_and_named(
-    synthetic_views: tuple[list[Path], list[Path]], tmp_path: Path
-) -> None:
+def test_bad_views_are_rejected_and_named(synthetic_views: tuple[list[Path], list[Path]], tmp_path: Path) -> None:
     lefts, rights = synthetic_views
     for src in (*lefts[:6], *rights[:6]):
         shutil.copy(src, tmp_path / src.name)

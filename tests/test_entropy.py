@@ -58,9 +58,7 @@ def freqs(tables: CdfTables) -> list[np.ndarray]:
 def test_table_frequencies_sum_exactly_and_are_positive(data: st.DataObject) -> None:
     k, width = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 30))
     precision = data.draw(st.integers(6, 16))
-    p = np.array(data.draw(st.lists(st.floats(0, 1), min_size=k * width, max_size=k * width))).reshape(
-        k, width
-    )
+    p = np.array(data.draw(st.lists(st.floats(0, 1), min_size=k * width, max_size=k * width))).reshape(k, width)
     p /= max(1.0, float(p.sum(axis=1).max()))  # rows sum to <= 1 (the rest is escape mass)
     tables = build_tables(p, np.arange(k) - 3, precision)
     for row, f in enumerate(freqs(tables)):
@@ -101,9 +99,7 @@ def test_pmf_length_gives_rows_of_different_sizes() -> None:
         (np.array([[0.5, 0.5]]), np.array([I32_MAX]), 16, "int32"),
     ],
 )
-def test_build_tables_rejects_bad_input(
-    pmf: np.ndarray, offset: np.ndarray, precision: int, match: str
-) -> None:
+def test_build_tables_rejects_bad_input(pmf: np.ndarray, offset: np.ndarray, precision: int, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_tables(pmf, offset, precision)
 
@@ -155,9 +151,7 @@ def test_tampered_table_files_are_rejected() -> None:
 def test_npy_header_claiming_more_data_than_present_is_rejected_before_allocation() -> None:
     blob = laplace_tables(channels=2)[0].to_npz_bytes()
     huge = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        huge, {"descr": "<i4", "fortran_order": False, "shape": (10**12, 43)}
-    )
+    np.lib.format.write_array_header_1_0(huge, {"descr": "<i4", "fortran_order": False, "shape": (10**12, 43)})
     out = io.BytesIO()
     with zipfile.ZipFile(io.BytesIO(blob)) as src, zipfile.ZipFile(out, "w") as dst:
         for info in src.infolist():
@@ -195,9 +189,7 @@ def test_round_trip_random_tables(data: st.DataObject) -> None:
     k = data.draw(st.integers(1, 4))
     width = data.draw(st.integers(1, 24))
     precision = data.draw(st.integers(max(1, int(np.ceil(np.log2(width + 1)))), 16))
-    pmf = np.array(data.draw(st.lists(st.floats(0, 1), min_size=k * width, max_size=k * width))).reshape(
-        k, width
-    )
+    pmf = np.array(data.draw(st.lists(st.floats(0, 1), min_size=k * width, max_size=k * width))).reshape(k, width)
     pmf /= max(1.0, float(pmf.sum(axis=1).max()))
     offset = np.array(data.draw(st.lists(st.integers(-1000, 1000), min_size=k, max_size=k)))
     tables = build_tables(pmf, offset, precision)
@@ -278,9 +270,7 @@ def test_input_types_and_shapes() -> None:
         with pytest.raises(ValueError, match="table row"):
             encode(np.zeros(3, np.int32), np.array([0, bad, 0], dtype=np.int32), tables)
         with pytest.raises(ValueError, match="table row"):
-            decode(
-                encode(np.zeros(3, np.int32), np.zeros(3, np.int32), tables), np.array([0, bad, 0]), tables
-            )
+            decode(encode(np.zeros(3, np.int32), np.zeros(3, np.int32), tables), np.array([0, bad, 0]), tables)
         with pytest.raises(ValueError, match="table row"):
             ideal_bits(np.zeros(1, np.int32), np.array([bad]), tables)
 

@@ -35,9 +35,7 @@ def photo_like(h: int = 128, w: int = 256) -> np.ndarray:
     img[v > 0.6 + 0.1 * np.sin(3.0 * u)] = [70.0, 70.0, 75.0]
     img[(xx - 0.3 * w) ** 2 + (yy - 0.45 * h) ** 2 < (0.15 * h) ** 2] = [200.0, 40.0, 30.0]
     img[(np.abs(xx - 0.7 * w) < 0.08 * w) & (np.abs(yy - 0.4 * h) < 0.2 * h)] = [30.0, 120.0, 60.0]
-    texture = 12.0 * np.sin(1.7 * xx + 0.3 * yy) * np.sin(0.9 * yy - 2.3 * xx) + 6.0 * np.sin(
-        0.37 * xx * yy / 7.0
-    )
+    texture = 12.0 * np.sin(1.7 * xx + 0.3 * yy) * np.sin(0.9 * yy - 2.3 * xx) + 6.0 * np.sin(0.37 * xx * yy / 7.0)
     img += texture[..., None]
     return np.clip(np.round(img), 0, 255).astype(np.uint8)
 
@@ -119,9 +117,7 @@ def test_ms_ssim_identity_and_monotone_in_noise(image):
     assert metrics.ms_ssim(image, image) == pytest.approx(1.0, abs=1e-12)
     rng = np.random.default_rng(0)
     noise = rng.standard_normal(image.shape)
-    values = [
-        metrics.ms_ssim(image, np.clip(image + s * noise, 0, 255).astype(np.uint8)) for s in (2, 6, 15, 40)
-    ]
+    values = [metrics.ms_ssim(image, np.clip(image + s * noise, 0, 255).astype(np.uint8)) for s in (2, 6, 15, 40)]
     assert all(x > y for x, y in itertools.pairwise(values))
     assert 0.0 < values[-1] < values[0] < 1.0
 
@@ -274,12 +270,8 @@ BJONTEGAARD_CASES = [
 @pytest.mark.parametrize("method", ["pchip", "cubic"])
 def test_bd_matches_published_reference_computation(reference, test, expected, method):
     rate, psnr = expected[method]
-    assert bd_rate(test[0], test[1], reference[0], reference[1], method=method) == pytest.approx(
-        rate, abs=1e-9
-    )
-    assert bd_psnr(test[0], test[1], reference[0], reference[1], method=method) == pytest.approx(
-        psnr, abs=1e-9
-    )
+    assert bd_rate(test[0], test[1], reference[0], reference[1], method=method) == pytest.approx(rate, abs=1e-9)
+    assert bd_psnr(test[0], test[1], reference[0], reference[1], method=method) == pytest.approx(psnr, abs=1e-9)
 
 
 def _smooth_curve() -> tuple[np.ndarray, np.ndarray]:
@@ -385,8 +377,7 @@ def test_aggregate_and_bd_rate_table():
 
 def test_bd_rate_table_records_why_a_pair_has_no_value():
     far = [
-        Record("far", f"q{i}", "a", 100, 120, 0.1 * (i + 1), 0.12 * (i + 1), None, 60.0 + i, 0.999)
-        for i in range(3)
+        Record("far", f"q{i}", "a", 100, 120, 0.1 * (i + 1), 0.12 * (i + 1), None, 60.0 + i, 0.999) for i in range(3)
     ]
     notes: list[str] = []
     table = bd_rate_table(synthetic_records() + far, ["ref"], notes=notes)

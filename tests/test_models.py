@@ -326,9 +326,7 @@ def test_si_finder_matches_a_brute_force_search() -> None:
     corr = unit(patches) @ unit(windows).transpose(1, 2)  # [B, 8, 407]
     rows, cols = torch.meshgrid(torch.arange(11), torch.arange(37), indexing="ij")
     pr, pc = torch.meshgrid(torch.arange(2) * ph, torch.arange(4) * pw, indexing="ij")
-    d2 = (rows.flatten() - pr.reshape(-1, 1)) ** 2 / 10.0**2 + (
-        cols.flatten() - pc.reshape(-1, 1)
-    ) ** 2 / 24.0**2
+    d2 = (rows.flatten() - pr.reshape(-1, 1)) ** 2 / 10.0**2 + (cols.flatten() - pc.reshape(-1, 1)) ** 2 / 24.0**2
     best = (corr * torch.exp(-4 * math.log(2) * d2)).argmax(-1)  # [B, 8]
     expected = torch.zeros_like(y)
     for bi in range(2):

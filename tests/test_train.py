@@ -66,9 +66,7 @@ def test_general_pairs_shift_time_by_one_to_three(sample_drive: Path) -> None:
 
 
 def test_validation_frames_are_held_out(sample_drive: Path, tmp_path: Path) -> None:
-    cfg = config_from_dict(
-        tiny_config(tmp_path) | {"data": {"kind": "sample", "val_frames": 3, "pairing": "both"}}
-    )
+    cfg = config_from_dict(tiny_config(tmp_path) | {"data": {"kind": "sample", "val_frames": 3, "pairing": "both"}})
     train_pairs, val_pairs = build_pairs(cfg)
     train_files = {p.x.name for p in train_pairs} | {p.y.name for p in train_pairs}
     val_files = {p.x.name for p in val_pairs}
@@ -84,9 +82,7 @@ def test_augment_swaps_flips_and_crops_jointly() -> None:
         ax, ay = Augment(crop=(4, 8), flip=True, swap=True)(x, y, np.random.default_rng(seed))
         assert ax.shape == (4, 8, 3)
         diff = ay.astype(int) - ax.astype(int)
-        assert np.all(diff == diff.flat[0]) and abs(diff.flat[0]) == 1, (
-            "x and y must be cropped at the same place"
-        )
+        assert np.all(diff == diff.flat[0]) and abs(diff.flat[0]) == 1, "x and y must be cropped at the same place"
         seen_swap |= diff.flat[0] == -1
         seen_flip |= bool(ax[0, 0, 0] > ax[0, 1, 0])
     assert seen_swap and seen_flip

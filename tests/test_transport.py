@@ -142,9 +142,7 @@ def test_host_restart_on_the_same_port_is_survived() -> None:
 
 def test_stalled_host_is_reset_by_heartbeats_and_flow_resumes() -> None:
     ivl, hb_timeout = 100, 300
-    receiver = FrameReceiver(
-        "tcp://127.0.0.1:*", rcvhwm=1, heartbeat_ivl_ms=ivl, heartbeat_timeout_ms=hb_timeout
-    )
+    receiver = FrameReceiver("tcp://127.0.0.1:*", rcvhwm=1, heartbeat_ivl_ms=ivl, heartbeat_timeout_ms=hb_timeout)
     sender = FrameSender(receiver.endpoint, heartbeat_ivl_ms=ivl, heartbeat_timeout_ms=hb_timeout)
     with receiver, sender:
         connect(sender, receiver)

@@ -148,9 +148,7 @@ def test_each_defect_raises_its_typed_error() -> None:
     body = data[:-4]
     with pytest.raises(BadMagicError, match="not a stereodsc frame"):
         unpack(b"GIF89a" + data[6:])
-    with pytest.raises(
-        UnsupportedVersionError, match="frame format v3, this stereodsc reads v1: upgrade the host"
-    ):
+    with pytest.raises(UnsupportedVersionError, match="frame format v3, this stereodsc reads v1: upgrade the host"):
         unpack(recrc(body[:2] + b"\x03" + body[3:]))
     with pytest.raises(UnsupportedVersionError, match="upgrade the camera"):
         unpack(recrc(body[:2] + b"\x00" + body[3:]))

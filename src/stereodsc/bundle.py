@@ -1,33 +1,61 @@
 """The deployable bundle: a manifest, ONNX graphs and integer CDF tables, verified by hash.
 
-Layout of a bundle folder:
+Layout of a bundle folder (written by ``stereodsc export``, see `stereodsc.export`):
 
-    manifest.json          schema, codecs, qualities, shapes, versions, sha256 of every file
-    intra/q0/edge.onnx     uint8 image -> int32 symbols (analysis transform, rounding inside)
-    intra/q0/host.onnx     int32 symbols -> uint8 image (no side information)
-    intra/q0/tables.npz    integer CDF tables of the transmitted latent
-    side_info/q0/...       the same for the side-information codec; its host graph also takes
-                           the decoded side image
+    manifest.json                schema, codecs, qualities, shapes, versions, sha256 of every file
+    intra/q0/edge.onnx           uint8 image [1, H, W, 3] -> int32 symbols (analysis, rounding inside)
+    intra/q0/host.onnx           int32 symbols -> uint8 image [1, H, W, 3] (no side information)
+    intra/q0/tables.npz          integer CDF tables of the transmitted latent y
+    side_info/q0/...             the same for the side-information codec; its host graph also takes
+                                 the decoded side image "side" (uint8 [1, H, W, 3])
+    side_info/q0/host_128x256.onnx   a graph that only runs at one padded size (DSIN's SI-Finder)
+
+H and W are the image size padded to the codec's ``stride``. A graph is either dynamic (one file,
+manifest key ``"*"``, any multiple of the stride) or fixed (one file per padded size, key
+``"HxW"``). Each quality lists its graphs by part ("edge", "host") and its tables by latent name
+("y"); the codec lists its latents in wire-segment order, so a hyperprior can add a "z" latent,
+its tables and a third graph without changing the layout.
 
 The bundle id is the sha256 of manifest.json; since the manifest holds the sha256 of every file,
 the id changes whenever any file changes. Every wire frame carries (a prefix of) it, so a host
-never decodes a frame with other weights or tables than the camera encoded it with.
+never decodes a frame with other weights or tables than the camera encoded it with. The manifest
+also holds the sha256 of its own canonical content, so a hand-edited manifest is refused too.
+
+Besides the layout this module holds what the edge encoder and the host decoder share to use a
+bundle identically: padding rule, latent shapes, table loading, graph sessions, image checks.
 No torch here: camera boards and hosts load bundles.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import json
+import tempfile
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING, Any
 
-from stereodsc.errors import BundleError
+import numpy as np
+
+from stereodsc.errors import BundleError, DataError
+from stereodsc.wire import Role
+
+if TYPE_CHECKING:
+    from stereodsc.entropy import CdfTables
+    from stereodsc.runtime import Session
 
 MANIFEST = "manifest.json"
 SCHEMA = "stereodsc.bundle/1"
 ROLES = ("intra", "side_info")
+ANY_SIZE = "*"
+SELF_DIGEST = "manifest_sha256"
+FRAME_ROLES = {"intra": Role.REFERENCE, "side_info": Role.DEPENDENT}
+"""Codec role -> the wire role its frames carry (the host picks the codec back from it)."""
+MAX_PIXELS = 4096 * 4096
+"""Largest image (pixels, after padding) the codecs accept: 16.8 MP; bounds encoder/decoder memory."""
 
 
 def sha256_file(path: Path) -> str:
@@ -38,16 +66,69 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def size_key(height: int, width: int) -> str:
+    """Manifest key of a fixed-size graph: "HxW" of the padded size."""
+    return f"{height}x{width}"
+
+
+def _content_digest(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the canonical JSON of the manifest without its own digest field."""
+    body = {k: v for k, v in manifest.items() if k != SELF_DIGEST}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Graph:
+    """One ONNX graph of a quality: a dynamic-shape file (key "*") or one file per padded size."""
+
+    files: Mapping[str, Path]
+
+    @property
+    def dynamic(self) -> bool:
+        return ANY_SIZE in self.files
+
+    def path(self, height: int, width: int) -> Path | None:
+        """The file that runs at this padded size, or None when the bundle has none for it."""
+        return self.files.get(ANY_SIZE) or self.files.get(size_key(height, width))
+
+    def describe(self) -> str:
+        """Which sizes the graph runs at, for error messages."""
+        return "any size" if self.dynamic else "only " + ", ".join(sorted(self.files))
+
+
 @dataclass(frozen=True)
 class QualityPoint:
-    """One rate point of a codec: its graphs, its tables and what training measured."""
+    """One rate point of a codec: its graphs, its tables and what training and export measured."""
 
     index: int
-    edge: Path
-    host: Path
-    tables: Path
+    graphs: Mapping[str, Graph]  # "edge", "host"
+    tables: Mapping[str, Path]  # latent name -> integer CDF tables file
     lmbda: float
-    metrics: dict[str, float]
+    metrics: dict[str, Any]
+    parity: dict[str, Any] | None
+
+    @property
+    def edge(self) -> Graph:
+        return self.graphs["edge"]
+
+    @property
+    def host(self) -> Graph:
+        return self.graphs["host"]
+
+    def load_tables(self) -> dict[str, CdfTables]:
+        """Parse and validate the CDF tables of every latent (the one place both ends read them)."""
+        from stereodsc.entropy import CdfTables
+
+        return {name: CdfTables.from_npz_bytes(path.read_bytes()) for name, path in self.tables.items()}
+
+
+@dataclass(frozen=True)
+class Latent:
+    """A transmitted latent: one wire segment, ``channels`` x (H / stride) x (W / stride) symbols."""
+
+    name: str
+    channels: int
+    stride: int
 
 
 @dataclass(frozen=True)
@@ -57,18 +138,28 @@ class Codec:
     role: str
     model: str
     model_config: dict[str, Any]
-    stride: int
+    stride: int  # inputs are padded to a multiple of this
     latent_channels: int
     uses_side_info: bool
+    latents: tuple[Latent, ...]  # in wire-segment order
     qualities: tuple[QualityPoint, ...]
 
     def quality(self, index: int) -> QualityPoint:
         if not 0 <= index < len(self.qualities):
             raise BundleError(
-                f"quality {index} is not in the bundle ({self.role} codec has qualities "
-                f"0..{len(self.qualities) - 1})"
+                f"quality {index} is not in the bundle ({self.role} codec has qualities 0..{len(self.qualities) - 1})"
             )
         return self.qualities[index]
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The size the graphs see: the image padded (bottom/right) to a multiple of ``stride``."""
+        return -(-height // self.stride) * self.stride, -(-width // self.stride) * self.stride
+
+    def latent_shapes(self, padded_height: int, padded_width: int) -> dict[str, tuple[int, int, int]]:
+        """(C, h, w) of every latent of a padded image, in wire-segment order."""
+        return {
+            lat.name: (lat.channels, padded_height // lat.stride, padded_width // lat.stride) for lat in self.latents
+        }
 
 
 @dataclass(frozen=True)
@@ -94,62 +185,96 @@ class Bundle:
 
 
 def write_manifest(folder: Path, manifest: dict[str, Any]) -> str:
-    """Hash every file the manifest lists, write manifest.json, return the bundle id."""
-    files = sorted(
-        str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST
-    )
+    """Hash every file in `folder`, write manifest.json (with its self-digest), return the bundle id.
+
+    The JSON is canonical (sorted keys, no timestamps), so the same export gives the same id.
+    """
+    files = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST)
     manifest = {**manifest, "schema": SCHEMA, "files": {f: sha256_file(folder / f) for f in files}}
+    manifest[SELF_DIGEST] = _content_digest(manifest)
     data = json.dumps(manifest, indent=2, sort_keys=True).encode()
     (folder / MANIFEST).write_bytes(data)
     return hashlib.sha256(data).hexdigest()
 
 
-def _codec(folder: Path, role: str, raw: dict[str, Any]) -> Codec:
+def _bundle_file(folder: Path, name: Any, listed: Mapping[str, Any], verify: bool) -> Path:
+    """Resolve a file the manifest references; it must be a plain relative path the manifest hashes."""
+    if not isinstance(name, str) or PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+        raise BundleError(f"{folder / MANIFEST}: file reference {name!r} is not a path inside the bundle")
+    if verify and name not in listed:
+        raise BundleError(f"{folder / MANIFEST}: {name} is referenced but not hashed; re-export the bundle")
+    return folder / name
+
+
+def _codec(folder: Path, role: str, raw: dict[str, Any], listed: Mapping[str, Any], verify: bool) -> Codec:
+    def file(name: Any) -> Path:
+        return _bundle_file(folder, name, listed, verify)
+
     try:
         qualities = tuple(
             QualityPoint(
                 i,
-                folder / q["edge"],
-                folder / q["host"],
-                folder / q["tables"],
+                {part: Graph({k: file(v) for k, v in files.items()}) for part, files in q["graphs"].items()},
+                {name: file(path) for name, path in q["tables"].items()},
                 float(q["lmbda"]),
-                dict(q.get("metrics", {})),
+                dict(q.get("metrics") or {}),
+                q.get("parity"),
             )
             for i, q in enumerate(raw["qualities"])
         )
-        return Codec(
+        latents = tuple(Latent(str(x["name"]), int(x["channels"]), int(x["stride"])) for x in raw["latents"])
+        codec = Codec(
             role,
             raw["model"],
             raw["model_config"],
             int(raw["stride"]),
             int(raw["latent_channels"]),
             bool(raw["uses_side_info"]),
+            latents,
             qualities,
         )
-    except (KeyError, TypeError, ValueError) as e:
-        raise BundleError(
-            f"{folder / MANIFEST}: malformed {role!r} codec entry ({e!r}); re-export the bundle"
-        ) from e
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise BundleError(f"{folder / MANIFEST}: malformed {role!r} codec entry ({e!r}); re-export the bundle") from e
+    for q in qualities:
+        missing = ({"edge", "host"} - set(q.graphs)) | ({lat.name for lat in latents} - set(q.tables))
+        if missing:
+            raise BundleError(f"{folder / MANIFEST}: {role} quality {q.index} lacks {sorted(missing)}")
+    if not qualities or codec.stride < 1 or any(lat.stride < 1 for lat in latents):
+        raise BundleError(f"{folder / MANIFEST}: {role} codec has no qualities or a bad stride")
+    return codec
 
 
-def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
-    """Load a bundle; with `verify`, refuse it if any file is missing, extra-modified or tampered with."""
+def load_bundle(folder: str | Path, verify: bool = True, expected_id: str | None = None) -> Bundle:
+    """Load a bundle. Always refuses an edited manifest; with `verify` (the default) also any missing,
+    modified or corrupted file. `expected_id` (a hex prefix of the bundle id, e.g. pinned in a
+    camera's config) refuses any other bundle."""
     folder = Path(folder)
     path = folder / MANIFEST
     if not path.is_file():
         raise BundleError(f"{folder} is not a bundle: no {MANIFEST}; create one with stereodsc export")
     data = path.read_bytes()
+    bundle_id = hashlib.sha256(data).hexdigest()
     try:
         manifest = json.loads(data)
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path} is not valid JSON ({e}); the bundle is damaged, re-export or re-copy it") from e
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        found = manifest.get("schema") if isinstance(manifest, dict) else type(manifest).__name__
+        raise BundleError(f"{path}: schema {found!r}, this stereodsc reads {SCHEMA!r}")
+    if manifest.get(SELF_DIGEST) != _content_digest(manifest):
         raise BundleError(
-            f"{path} is not valid JSON ({e}); the bundle is damaged, re-export or re-copy it"
-        ) from e
-    if manifest.get("schema") != SCHEMA:
-        raise BundleError(f"{path}: schema {manifest.get('schema')!r}, this stereodsc reads {SCHEMA!r}")
+            f"{path} was modified after export (its content no longer matches its {SELF_DIGEST}); "
+            "re-copy the bundle from the export, or re-export it"
+        )
+    if expected_id is not None and not bundle_id.startswith(expected_id.lower()):
+        raise BundleError(
+            f"bundle {folder} has id {bundle_id[:16]}..., expected {expected_id[:16]}...: "
+            "deploy the bundle the configuration names"
+        )
+    listed = manifest.get("files", {})
     if verify:
-        for name, digest in manifest.get("files", {}).items():
-            file = folder / name
+        for name, digest in listed.items():
+            file = _bundle_file(folder, name, listed, verify)
             if not file.is_file():
                 raise BundleError(f"bundle {folder}: {name} is missing; re-copy the whole bundle folder")
             if sha256_file(file) != digest:
@@ -157,8 +282,96 @@ def load_bundle(folder: str | Path, verify: bool = True) -> Bundle:
                     f"bundle {folder}: {name} does not match its sha256 in the manifest "
                     f"(modified or corrupted); re-copy the bundle from the export"
                 )
-    codecs = {role: _codec(folder, role, raw) for role, raw in manifest.get("codecs", {}).items()}
-    unknown = sorted(set(codecs) - set(ROLES))
-    if unknown or not codecs:
-        raise BundleError(f"{path}: codec roles {sorted(codecs)}; expected some of {list(ROLES)}")
-    return Bundle(folder, hashlib.sha256(data).hexdigest(), manifest, codecs)
+    raw_codecs = manifest.get("codecs")
+    if not isinstance(raw_codecs, dict) or not raw_codecs or set(raw_codecs) - set(ROLES):
+        found = sorted(raw_codecs) if isinstance(raw_codecs, dict) else raw_codecs
+        raise BundleError(f"{path}: codec roles {found}; expected some of {list(ROLES)}")
+    codecs = {role: _codec(folder, role, raw, listed, verify) for role, raw in raw_codecs.items()}
+    return Bundle(folder, bundle_id, manifest, codecs)
+
+
+@contextlib.contextmanager
+def open_model(path: str | Path, size: tuple[int, int]) -> Iterator[Bundle]:
+    """A bundle folder, or a training checkpoint exported on the fly to a temporary bundle.
+
+    `size` is the (unpadded) image size to code; fixed-size graphs are exported for it. The
+    on-the-fly export skips the parity check and is deterministic, so the same checkpoint and size
+    give the same bundle id where a frame is encoded and where it is decoded (same torch / onnx
+    versions): the convenience path for trying a checkpoint; deploy an exported bundle otherwise.
+    """
+    path = Path(path)
+    if path.is_dir():
+        yield load_bundle(path)
+        return
+    if not path.is_file():
+        raise BundleError(f"{path}: neither a bundle folder nor a checkpoint file")
+    from stereodsc.export import export_bundle  # torch: only for a checkpoint argument
+
+    with tempfile.TemporaryDirectory(prefix="stereodsc-bundle-") as tmp:
+        report = export_bundle([path], Path(tmp) / "bundle", sample_images=[], sizes=[size], progress=False)
+        yield load_bundle(report.bundle)
+
+
+def check_rgb(image: Any, what: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Return `image` as a C-contiguous uint8 HxWx3 array, or raise DataError naming the fix."""
+    if not isinstance(image, np.ndarray):
+        raise DataError(f"{what} must be a numpy array (uint8 HxWx3 RGB), got {type(image).__name__}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise DataError(
+            f"{what} must be an HxWx3 RGB image, got shape {image.shape}; convert grey or RGBA frames to RGB"
+        )
+    if image.dtype != np.uint8:
+        raise DataError(
+            f"{what} must be uint8 (0..255), got {image.dtype}; scale and convert it "
+            "(e.g. np.clip(x * 255, 0, 255).round().astype(np.uint8))"
+        )
+    h, w = image.shape[:2]
+    if h < 1 or w < 1 or h * w > max_pixels:
+        raise DataError(
+            f"{what} is {h}x{w}, outside 1..{max_pixels} pixels; downscale or crop it (or raise max_pixels)"
+        )
+    return np.ascontiguousarray(image)
+
+
+@functools.lru_cache(maxsize=16)
+def latent_indexes(shape: tuple[int, int, int]) -> np.ndarray:
+    """Table row of every symbol of a factorized latent (one row per channel), shared read-only.
+
+    A hyperprior latent would take its rows from a graph instead (``build_indexes`` of h_s(z)).
+    """
+    from stereodsc.entropy import channel_indexes
+
+    indexes = channel_indexes(shape)
+    indexes.setflags(write=False)
+    return indexes
+
+
+class GraphSessions:
+    """Inference sessions of a bundle's graphs, each opened once and reused for every frame.
+
+    For native TensorRT (engines have fixed optimisation profiles) a session is kept per input
+    shape; the onnxruntime backends take any shape a dynamic graph accepts.
+    """
+
+    def __init__(self, bundle: Bundle, backend: str = "cpu", threads: int = 0, cache_dir: Path | None = None) -> None:
+        self.bundle = bundle
+        self.backend = backend
+        self.threads = threads
+        self.cache_dir = cache_dir  # TensorRT engine cache (default: next to the graphs)
+        self._sessions: dict[tuple[Path, tuple[tuple[str, tuple[int, ...]], ...]], Session] = {}
+
+    def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from stereodsc.runtime import open_session
+
+        shapes = tuple(sorted((k, v.shape) for k, v in inputs.items())) if self.backend == "tensorrt" else ()
+        key = (path, shapes)
+        if key not in self._sessions:
+            self._sessions[key] = open_session(
+                path,
+                self.backend,
+                cache_dir=self.cache_dir,
+                cache_key=f"{self.bundle.id}:{path.relative_to(self.bundle.path).as_posix()}",
+                threads=self.threads,
+                profiles={k: (s, s, s) for k, s in shapes} or None,
+            )
+        return self._sessions[key].run(inputs)

@@ -17,7 +17,7 @@ from stereodsc.errors import StereoDSCError
 
 EPILOG = """\
 examples:
-  stereodsc demo                                   train two tiny codecs on the bundled sample, compare
+  stereodsc demo                                   host + 2 camera nodes on loopback with the bundled sample
   stereodsc train --config configs/ndic_kitti.toml train NDIC on a KITTI drive (add --resume to continue)
   stereodsc calibrate --left 'cal/left*.jpg' --right 'cal/right*.jpg' --board 9x6 --square 0.025 -o rig.toml
   stereodsc calibrate --check rig.toml --left L.png --right R.png -o check.png
@@ -95,7 +95,49 @@ def cmd_host(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from stereodsc.demo import run_demo
 
-    return run_demo(out=Path(args.out), steps=args.steps)
+    return run_demo(out=Path(args.out), frames=args.frames)
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from stereodsc.export import DEFAULT_SIZES, export_bundle
+
+    sizes = [_size(s) for s in args.size] if args.size else list(DEFAULT_SIZES)
+    report = export_bundle(
+        [Path(c) for c in args.checkpoints],
+        Path(args.out),
+        sizes=sizes,
+        opset=args.opset,
+        allow_boundary_flips=not args.strict_symbols,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from stereodsc.edge_encoder.encoder import encode_file
+
+    print(encode_file(Path(args.model), args.quality, Path(args.image), Path(args.output), role=args.codec))
+    return 0
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from stereodsc.host_decoder.decoder import decode_file
+
+    side = Path(args.side) if args.side else None
+    print(decode_file(Path(args.frame), Path(args.model), side, Path(args.output)))
+    return 0
+
+
+def _size(text: str) -> tuple[int, int]:
+    from stereodsc.errors import ConfigError
+
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ConfigError(f"size {text!r}: write it as HEIGHTxWIDTH, e.g. 375x1242") from None
+    return h, w
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,18 +178,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--left", help="glob of left chessboard images (quote it), or one image with --check")
     c.add_argument("--right", help="glob of right chessboard images (quote it), or one image with --check")
     c.add_argument("--board", help="inner corners as COLSxROWS, e.g. 9x6")
-    c.add_argument(
-        "--square", type=float, help="side of one chessboard square (sets the unit of the baseline)"
-    )
+    c.add_argument("--square", type=float, help="side of one chessboard square (sets the unit of the baseline)")
     c.add_argument("--min-views", type=int, default=6, help="refuse to calibrate with fewer usable views")
-    c.add_argument(
-        "--check", metavar="RIG", help="rectify --left/--right with this rig and measure row errors"
-    )
+    c.add_argument("--check", metavar="RIG", help="rectify --left/--right with this rig and measure row errors")
     c.add_argument("--import-kitti", metavar="CALIB", help="KITTI calib_cam_to_cam.txt (cameras 02/03)")
     c.add_argument("--import-opencv", metavar="YML", help="OpenCV stereo_calib intrinsics (M1 D1 M2 D2)")
-    c.add_argument(
-        "--extrinsics", metavar="YML", help="OpenCV stereo_calib extrinsics (R T), with --import-opencv"
-    )
+    c.add_argument("--extrinsics", metavar="YML", help="OpenCV stereo_calib extrinsics (R T), with --import-opencv")
     c.add_argument("--size", help="image size WxH for --import-opencv when the file lacks it")
     c.add_argument("-o", "--output", help="rig file to write (or the check image with --check)")
     c.set_defaults(func=cmd_calibrate)
@@ -173,16 +209,62 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--config", required=True, help="TOML with [host], [pairing], [sinks]")
     h.set_defaults(func=cmd_host)
 
+    x = sub.add_parser(
+        "export",
+        help="split trained checkpoints into edge and host ONNX graphs: a bundle",
+        description="Export checkpoints as a deployable bundle: per codec and quality an edge graph (uint8 image "
+        "-> int32 symbols), a host graph (symbols [+ side image] -> uint8 image) and integer CDF tables, with "
+        "a manifest whose hash is the bundle id every frame carries. Checkpoints without side information "
+        "become the reference camera's 'intra' codec, the others the dependent cameras' 'side_info' codec; "
+        "qualities are ordered by lambda. Parity of onnxruntime against torch is checked on sample images.",
+    )
+    x.add_argument("checkpoints", nargs="+", help="checkpoint files (.pt) from stereodsc train")
+    x.add_argument("--out", required=True, help="bundle folder to create")
+    x.add_argument("--size", action="append", help="HEIGHTxWIDTH to verify (repeatable; default 128x256, 375x1242)")
+    x.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
+    x.add_argument(
+        "--strict-symbols",
+        action="store_true",
+        help="fail on any onnxruntime/torch symbol difference, even a rounding-boundary flip",
+    )
+    x.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    x.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    x.set_defaults(func=cmd_export)
+
+    en = sub.add_parser(
+        "encode",
+        help="encode one image into a wire frame file",
+        description="Encode IMAGE with a bundle (or a checkpoint, exported on the fly) into one "
+        "wire frame, exactly as a camera node sends it.",
+    )
+    en.add_argument("image")
+    en.add_argument("--model", required=True, help="bundle folder or checkpoint")
+    en.add_argument("--quality", type=int, default=0, help="quality index (0 = lowest rate)")
+    en.add_argument("--codec", choices=("intra", "side_info"), help="which codec of a bundle that has both")
+    en.add_argument("-o", "--output", required=True, help="frame file to write")
+    en.set_defaults(func=cmd_encode)
+
+    de = sub.add_parser(
+        "decode",
+        help="decode a wire frame file into a PNG",
+        description="Decode a frame written by 'stereodsc encode' (or captured off the wire). "
+        "A frame of a side-information codec needs --side: the other camera's image.",
+    )
+    de.add_argument("frame")
+    de.add_argument("--model", required=True, help="the bundle folder (or checkpoint) it was encoded with")
+    de.add_argument("--side", help="side image (the reference camera's decoded frame), for side_info frames")
+    de.add_argument("-o", "--output", required=True, help="PNG to write")
+    de.set_defaults(func=cmd_decode)
+
     d = sub.add_parser(
         "demo",
         help="run the demo on the bundled sample",
-        description="Train a no-side-information codec and a side-information codec (NDIC) "
-        "briefly on the bundled KITTI sample and compare them on held-out frames.",
+        description="Start the host service and two camera nodes as processes on loopback, stream the bundled "
+        "KITTI sample through them, and report bytes, quality with and without side information, bandwidth "
+        "saved and latency. Writes decoded frames, a side-by-side image and demo_report.json.",
     )
-    d.add_argument(
-        "--out", default="runs/demo", help="folder for checkpoints and metrics (default runs/demo)"
-    )
-    d.add_argument("--steps", type=int, default=300, help="training steps per model (default 300)")
+    d.add_argument("--out", default="runs/demo", help="folder for checkpoints and metrics (default runs/demo)")
+    d.add_argument("--frames", type=int, default=12, help="frames per camera (default 12, the whole sample)")
     d.set_defaults(func=cmd_demo)
     return p
 

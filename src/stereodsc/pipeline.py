@@ -54,9 +54,7 @@ class PipelineRun:
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
 def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
@@ -132,9 +130,7 @@ def run_pipeline(
             }
             cfg_path = folder / f"edge{cam.camera_id}.toml"
             cfg_path.write_text(dump_toml(cfg))
-            edges.append(
-                (cam, _spawn(["edge", "--config", str(cfg_path)], folder / f"edge{cam.camera_id}.log"))
-            )
+            edges.append((cam, _spawn(["edge", "--config", str(cfg_path)], folder / f"edge{cam.camera_id}.log")))
         deadline = time.monotonic() + timeout_s
         for cam, proc in edges:
             _wait(proc, deadline, folder / f"edge{cam.camera_id}.log")
@@ -159,8 +155,6 @@ def _wait(proc: subprocess.Popen[bytes], deadline: float, log_path: Path) -> Non
     try:
         code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        raise PipelineError(
-            f"{log_path.stem} did not finish in time; its log ends with:\n{_tail(log_path)}"
-        ) from None
+        raise PipelineError(f"{log_path.stem} did not finish in time; its log ends with:\n{_tail(log_path)}") from None
     if code != 0:
         raise PipelineError(f"{log_path.stem} exited with code {code}; its log ends with:\n{_tail(log_path)}")

@@ -134,9 +134,7 @@ class Frame:
 
     def pack(self) -> bytes:
         """Serialise to the v1 wire format (deterministic: equal frames give equal bytes)."""
-        fixed = _FIXED.pack(
-            MAGIC, FORMAT_VERSION, self.role, self.bundle_id, self.quality, self.seq, self.t_capture_ns
-        )
+        fixed = _FIXED.pack(MAGIC, FORMAT_VERSION, self.role, self.bundle_id, self.quality, self.seq, self.t_capture_ns)
         fields = (self.rig_id, self.camera_id, self.height, self.width, len(self.segments))
         varints = b"".join(_varint(v) for v in (*fields, *(len(s) for s in self.segments)))
         body = b"".join((fixed, varints, *self.segments))
@@ -200,8 +198,7 @@ def unpack(
     n = memoryview(data).nbytes
     if n > max_frame_bytes:
         raise FrameTooLargeError(
-            f"frame of {n} bytes exceeds max_frame_bytes={max_frame_bytes}: "
-            "raise the limit if such frames are expected"
+            f"frame of {n} bytes exceeds max_frame_bytes={max_frame_bytes}: raise the limit if such frames are expected"
         )
     data = bytes(data)
     head = data[: len(MAGIC)]
@@ -214,13 +211,10 @@ def unpack(
     version = data[len(MAGIC)]
     if version != FORMAT_VERSION:
         fix = "upgrade the host" if version > FORMAT_VERSION else "upgrade the camera's stereodsc"
-        raise UnsupportedVersionError(
-            f"frame format v{version}, this stereodsc reads v{FORMAT_VERSION}: {fix}"
-        )
+        raise UnsupportedVersionError(f"frame format v{version}, this stereodsc reads v{FORMAT_VERSION}: {fix}")
     if n < _FIXED.size:
         raise TruncatedFrameError(
-            f"frame truncated to {n} bytes, its fixed header alone is {_FIXED.size}: "
-            "the sender or transport cut it"
+            f"frame truncated to {n} bytes, its fixed header alone is {_FIXED.size}: the sender or transport cut it"
         )
     _, _, role, bundle, quality, seq, t_capture = _FIXED.unpack_from(data)
     pos = _FIXED.size
@@ -246,9 +240,7 @@ def unpack(
             f"frame declares {end + _CRC.size} bytes but {n} arrived: the sender or transport cut it"
         )
     if end + _CRC.size < n:
-        raise MalformedFrameError(
-            f"{n - end - _CRC.size} trailing bytes after the frame's CRC: drop the frame"
-        )
+        raise MalformedFrameError(f"{n - end - _CRC.size} trailing bytes after the frame's CRC: drop the frame")
     (stored,) = _CRC.unpack_from(data, end)
     computed = zlib.crc32(memoryview(data)[:end])
     if stored != computed:
@@ -261,9 +253,7 @@ def unpack(
         segments.append(data[pos : pos + length])
         pos += length
     try:
-        frame = Frame(
-            bundle, quality, rig_id, camera_id, role, seq, t_capture, height, width, tuple(segments)
-        )
+        frame = Frame(bundle, quality, rig_id, camera_id, role, seq, t_capture, height, width, tuple(segments))
     except ValueError as e:
         raise MalformedFrameError(f"invalid frame field: {e}") from None
     if expected_bundle is not None and frame.bundle_id != expected_bundle:

@@ -123,9 +123,7 @@ def check_rectification(
     except cv2.error as exc:
         raise DataError(f"cannot write {out_png}: {exc}") from exc
     if not ok:
-        raise DataError(
-            f"cannot write {out_png}: check that the folder exists and the suffix is .png or .jpg"
-        )
+        raise DataError(f"cannot write {out_png}: check that the folder exists and the suffix is .png or .jpg")
     nan = math.nan
     n = len(dy)
     return CheckReport(

@@ -116,9 +116,7 @@ class CalibrationReport:
             f"{len(self.views)} of {n} views used",
             "per-view RMS reprojection error (px):  left   right",
         ]
-        lines += [
-            f"  {v.left.name} / {v.right.name}: {v.rms_left:6.3f} {v.rms_right:6.3f}" for v in self.views
-        ]
+        lines += [f"  {v.left.name} / {v.right.name}: {v.rms_left:6.3f} {v.rms_right:6.3f}" for v in self.views]
         lines += [f"  rejected {r.left.name} / {r.right.name}: {r.reason}" for r in self.rejected]
         lines += [
             f"RMS reprojection error: stereo {self.rms:.3f} px (left alone {self.rms_left:.3f}, "
@@ -130,9 +128,7 @@ class CalibrationReport:
             f"rig id {rig.rig_id}",
         ]
         if self.rms > 1.0:
-            lines.append(
-                "warning: RMS above 1 px: drop blurred views, keep the board flat, check --square and --board"
-            )
+            lines.append("warning: RMS above 1 px: drop blurred views, keep the board flat, check --square and --board")
         return "\n".join(lines)
 
 
@@ -266,9 +262,7 @@ def _corners_pair(
     return left, right
 
 
-def _rectified_row_error(
-    rig: StereoRig, left_pts: list[np.ndarray], right_pts: list[np.ndarray]
-) -> np.ndarray:
+def _rectified_row_error(rig: StereoRig, left_pts: list[np.ndarray], right_pts: list[np.ndarray]) -> np.ndarray:
     """Row difference (px) of every board corner between the rectified left and right views."""
     # OpenCV's default stops after 5 iterations, too few near the corners of a wide-angle lens.
     crit = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 50, 1e-9)

@@ -30,9 +30,7 @@ def read_kitti_calib(path: str | Path) -> dict[str, np.ndarray]:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
-        raise CalibrationError(
-            f"KITTI calibration {path} not found: pass the drive's calib_cam_to_cam.txt"
-        ) from exc
+        raise CalibrationError(f"KITTI calibration {path} not found: pass the drive's calib_cam_to_cam.txt") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise CalibrationError(f"cannot read KITTI calibration {path}: {exc}") from exc
     out: dict[str, np.ndarray] = {}

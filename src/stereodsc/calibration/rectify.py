@@ -105,14 +105,8 @@ class Rectifier:
         w, h = self.input_size
         if not isinstance(img, np.ndarray) or img.dtype != np.uint8:
             got = img.dtype if isinstance(img, np.ndarray) else type(img).__name__
-            raise DataError(
-                f"rectifier expects a uint8 frame, got {got}: convert with np.clip(...).astype(np.uint8)"
-            )
-        if (
-            img.shape[:2] != (h, w)
-            or img.ndim not in (2, 3)
-            or (img.ndim == 3 and not 1 <= img.shape[2] <= 4)
-        ):
+            raise DataError(f"rectifier expects a uint8 frame, got {got}: convert with np.clip(...).astype(np.uint8)")
+        if img.shape[:2] != (h, w) or img.ndim not in (2, 3) or (img.ndim == 3 and not 1 <= img.shape[2] <= 4):
             raise DataError(
                 f"rectifier expects a {w}x{h} frame (HxW or HxWxC = {h}x{w}[x3]), got shape {img.shape}: "
                 "the camera resolution must match the rig's image_size; recalibrate at this resolution"

@@ -213,9 +213,7 @@ def load_rig(path: str | Path) -> StereoRig:
     rectified_size = _as_size("rectified_size", data.get("rectified_size", image_size), where)
     mats = {key: _as_matrix(key, data[key], where) for key in _MATRIX_SHAPES}
     try:
-        return StereoRig(
-            image_size=image_size, rectified_size=rectified_size, source=source, rig_id=rig_id, **mats
-        )
+        return StereoRig(image_size=image_size, rectified_size=rectified_size, source=source, rig_id=rig_id, **mats)
     except CalibrationError as exc:
         raise CalibrationError(f"{where}: {exc}") from exc
 

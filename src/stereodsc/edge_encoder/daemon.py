@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from stereodsc.errors import ConfigError
 from stereodsc.tomlio import load_toml, section
@@ -110,9 +110,8 @@ class CameraNode:
     """One camera: its source, rectifier, encoder and link; `run()` streams until stopped."""
 
     def __init__(self, cfg: EdgeConfig) -> None:
-        from stereodsc.edge_encoder.encoder import EdgeEncoder
-
         from stereodsc.bundle import load_bundle
+        from stereodsc.edge_encoder.encoder import EdgeEncoder
         from stereodsc.edge_encoder.sources import open_source
         from stereodsc.transport import FrameSender
 
@@ -126,7 +125,7 @@ class CameraNode:
         if cam.rig_file:
             from stereodsc.calibration import Rectifier, load_rig
 
-            which = "left" if self.role == Role.REFERENCE else "right"
+            which: Literal["left", "right"] = "left" if self.role == Role.REFERENCE else "right"
             self.rectify = Rectifier.from_rig(load_rig(cam.rig_file), which)
         self.frames = open_source(cam.source, cam.path, cam.drive_camera, cam.loop)
         self.sender = FrameSender(cfg.link.endpoint, sndhwm=cfg.link.send_hwm)
@@ -219,9 +218,7 @@ class CameraNode:
             if log_file:
                 log_file.close()
             self.sender.close()
-        log.info(
-            "camera %d.%d stopped: %s", cam.rig_id, cam.camera_id, self.stats.line(time.monotonic() - started)
-        )
+        log.info("camera %d.%d stopped: %s", cam.rig_id, cam.camera_id, self.stats.line(time.monotonic() - started))
         return self.stats
 
 

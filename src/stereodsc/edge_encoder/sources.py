@@ -37,9 +37,7 @@ def parse_kitti_timestamp(line: str) -> int:
     try:
         whole = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").replace(tzinfo=timezone.utc)
     except ValueError as e:
-        raise DataError(
-            f"bad KITTI timestamp {line.strip()!r}: expected 'YYYY-MM-DD HH:MM:SS.fffffffff'"
-        ) from e
+        raise DataError(f"bad KITTI timestamp {line.strip()!r}: expected 'YYYY-MM-DD HH:MM:SS.fffffffff'") from e
     return int(whole.timestamp()) * 1_000_000_000 + int((frac + "000000000")[:9])
 
 
@@ -76,9 +74,7 @@ def capture(spec: str | int) -> Iterator[Captured]:
     else:
         cap = cv2.VideoCapture(str(spec))
     if not cap.isOpened():
-        hint = (
-            " (PyPI's opencv has no GStreamer: use the system OpenCV on a Jetson)" if "!" in str(spec) else ""
-        )
+        hint = " (PyPI's opencv has no GStreamer: use the system OpenCV on a Jetson)" if "!" in str(spec) else ""
         raise DataError(f"cannot open video source {spec!r}{hint}")
     try:
         while True:
@@ -102,6 +98,4 @@ def open_source(kind: str, path: str = "", camera: str = "left", loop: bool = Fa
         if not path:
             raise ConfigError(f"source kind {kind!r} needs a path (file, device index or pipeline)")
         return capture(path)
-    raise ConfigError(
-        f"unknown source kind {kind!r}; choose sample, kitti, folder, video, device or gstreamer"
-    )
+    raise ConfigError(f"unknown source kind {kind!r}; choose sample, kitti, folder, video, device or gstreamer")

@@ -5,6 +5,7 @@ and `decode` only read those integers, so a camera board and a host produce and 
 """
 
 from .rans import CorruptPayloadError, decode, encode, ideal_bits
+from .scale_path import IntegerScaleNet as IntegerScaleNet
 from .tables import MAX_PRECISION, CdfTables, TableFormatError, build_tables, channel_indexes
 
 __all__ = [

@@ -90,9 +90,7 @@ class CdfTables:
         one = freq == 1
         table = np.empty((*freq.shape, 5), dtype=np.int64)
         table[..., 0] = ((RANS_L >> self.precision) << 8) * freq
-        table[..., 1] = np.where(
-            one, (1 << 32) - 1, (np.left_shift(np.int64(1), shift + 31) + freq - 1) // freq
-        )
+        table[..., 1] = np.where(one, (1 << 32) - 1, (np.left_shift(np.int64(1), shift + 31) + freq - 1) // freq)
         table[..., 2] = np.where(one, 0, shift - 1)
         table[..., 3] = np.where(one, start + m - 1, start)
         table[..., 4] = m - freq
@@ -157,9 +155,7 @@ class CdfTables:
                     )
                 for info in infos:
                     if info.file_size > MAX_TABLE_FILE_BYTES:
-                        raise TableFormatError(
-                            f"CDF table member {info.filename} declares {info.file_size} bytes"
-                        )
+                        raise TableFormatError(f"CDF table member {info.filename} declares {info.file_size} bytes")
                     arrays[info.filename[: -len(".npy")]] = _parse_npy(zf.read(info), info.filename)
         except TableFormatError:
             raise
@@ -171,14 +167,10 @@ class CdfTables:
             ValueError,
             NotImplementedError,
         ) as e:
-            raise TableFormatError(
-                f"CDF table file is corrupt ({e}): re-export or re-download the bundle"
-            ) from e
+            raise TableFormatError(f"CDF table file is corrupt ({e}): re-export or re-download the bundle") from e
         for key in ("format_version", "precision"):
             if arrays[key].shape != ():
-                raise TableFormatError(
-                    f"CDF table field {key} must be a scalar, got shape {arrays[key].shape}"
-                )
+                raise TableFormatError(f"CDF table field {key} must be a scalar, got shape {arrays[key].shape}")
         version = int(arrays["format_version"])
         if version != TABLES_FORMAT_VERSION:
             raise TableFormatError(
@@ -203,9 +195,7 @@ def _parse_npy(raw: bytes, name: str) -> np.ndarray:
     body = raw[f.tell() :]
     count = math.prod(shape)
     if len(body) != 4 * count:
-        raise TableFormatError(
-            f"CDF table member {name}: header says shape {shape}, data holds {len(body)} bytes"
-        )
+        raise TableFormatError(f"CDF table member {name}: header says shape {shape}, data holds {len(body)} bytes")
     return np.frombuffer(body, dtype="<i4").reshape(shape).astype(np.int32)
 
 
@@ -318,9 +308,7 @@ def _quantise(probs: np.ndarray, total: float, m: int) -> np.ndarray:
 
 def channel_indexes(shape: tuple[int, int, int]) -> np.ndarray:
     """Table row of every symbol of a [C, H, W] latent with one table per channel (factorized prior)."""
-    if len(shape) != 3 or any(
-        isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 0 for d in shape
-    ):
+    if len(shape) != 3 or any(isinstance(d, bool) or not isinstance(d, int | np.integer) or d < 0 for d in shape):
         raise ValueError(f"shape must be three non-negative ints (C, H, W), got {shape!r}")
     c, h, w = (int(d) for d in shape)
     return np.repeat(np.arange(c, dtype=np.int32), h * w).reshape(c, h, w)

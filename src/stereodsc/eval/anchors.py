@@ -48,9 +48,7 @@ class Anchor:
         """Encode ``img`` (uint8 HxWx3 RGB) at ``quality`` and decode it again."""
         img = np.asarray(img)
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-            raise DataError(
-                f"anchor {self.name!r} needs a uint8 HxWx3 RGB image, not {img.dtype} {img.shape}"
-            )
+            raise DataError(f"anchor {self.name!r} needs a uint8 HxWx3 RGB image, not {img.dtype} {img.shape}")
         result = self.codec(np.ascontiguousarray(img), int(quality))
         if result.decoded.shape != img.shape or result.decoded.dtype != np.uint8:
             raise DataError(

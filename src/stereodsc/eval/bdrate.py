@@ -44,9 +44,7 @@ def monotone_curve(
     if r.shape != q.shape:
         raise DataError(f"{label}: {r.size} rates but {q.size} quality values")
     if not np.all(np.isfinite(r)) or np.any(np.isnan(q)):
-        raise DataError(
-            f"{label}: rates must be finite and qualities not NaN, got {r.tolist()}, {q.tolist()}"
-        )
+        raise DataError(f"{label}: rates must be finite and qualities not NaN, got {r.tolist()}, {q.tolist()}")
     if np.any(r <= 0):
         raise DataError(f"{label}: rates must be positive for a log-rate BD computation, got {r.tolist()}")
     order = np.lexsort((-q, r))  # by rate; at equal rates the best quality first
@@ -57,9 +55,7 @@ def monotone_curve(
             keep.append(i)
     if len(keep) < r.size:
         dropped = [(float(r[i]), float(q[i])) for i in range(r.size) if i not in keep]
-        message = (
-            f"{label}: dropped {len(dropped)} (rate, quality) point(s) that break monotonicity: {dropped}"
-        )
+        message = f"{label}: dropped {len(dropped)} (rate, quality) point(s) that break monotonicity: {dropped}"
         log.warning("%s", message)
         if notes is not None:
             notes.append(message)
@@ -92,9 +88,7 @@ def _prepare(
     need = _MIN_POINTS[method]
     for label, n in zip(labels, (ra.size, rb.size), strict=True):
         if n < need:
-            raise BDRateError(
-                f"{label} has {n} usable point(s); BD with {method!r} interpolation needs {need}"
-            )
+            raise BDRateError(f"{label} has {n} usable point(s); BD with {method!r} interpolation needs {need}")
     return ra, qa, rb, qb
 
 

@@ -51,9 +51,7 @@ def parse_boxes(data: bytes, start: int = 0, end: int | None = None) -> list[Box
         elif size == 0:
             size = end - pos
         if size < header or pos + size > end:
-            raise BitstreamError(
-                f"box {box_type!r} at byte {pos} claims {size} bytes but only {end - pos} remain"
-            )
+            raise BitstreamError(f"box {box_type!r} at byte {pos} claims {size} bytes but only {end - pos} remain")
         body = pos + header
         children: tuple[Box, ...] = ()
         if box_type in _CONTAINER_BOXES:

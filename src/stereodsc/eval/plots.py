@@ -42,9 +42,7 @@ def plot_rd_curves(
         FigureCanvasAgg(fig)
         ax = fig.add_subplot()
         for method, points in curves.items():
-            pts = sorted(
-                (p for p in points if max_bpp is None or p.rate(rate) <= max_bpp), key=lambda p: p.rate(rate)
-            )
+            pts = sorted((p for p in points if max_bpp is None or p.rate(rate) <= max_bpp), key=lambda p: p.rate(rate))
             ax.plot(
                 [p.rate(rate) for p in pts],
                 [getattr(p, metric) for p in pts],

@@ -113,9 +113,7 @@ def aggregate(records: Iterable[Record]) -> dict[str, list[CurvePoint]]:
     for rec in records:
         key = (rec.method, rec.quality, rec.image)
         if key in seen:
-            raise DataError(
-                f"duplicate record: method {rec.method!r}, quality {rec.quality!r}, image {rec.image!r}"
-            )
+            raise DataError(f"duplicate record: method {rec.method!r}, quality {rec.quality!r}, image {rec.image!r}")
         seen.add(key)
         groups[(rec.method, rec.quality)].append(rec)
     curves: dict[str, list[CurvePoint]] = defaultdict(list)
@@ -280,9 +278,7 @@ def run_anchors(
     try:
         for anchor in anchors:
             if progress and bar is None:
-                log.info(
-                    "anchor %s: %d qualities x %d images", anchor.name, len(anchor.qualities), len(images)
-                )
+                log.info("anchor %s: %d qualities x %d images", anchor.name, len(anchor.qualities), len(images))
             for quality in anchor.qualities:
                 for name, img in images:
                     result = anchor.encode(img, quality)

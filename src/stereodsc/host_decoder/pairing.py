@@ -198,9 +198,7 @@ class Pairer(Generic[F]):
         if tolerance_ns < 0 or deadline_ns < 0:
             raise ConfigError(f"tolerance_ns and deadline_ns must be >= 0, got {tolerance_ns}, {deadline_ns}")
         if max_pending < 1 or max_references < 1:
-            raise ConfigError(
-                f"max_pending and max_references must be >= 1, got {max_pending}, {max_references}"
-            )
+            raise ConfigError(f"max_pending and max_references must be >= 1, got {max_pending}, {max_references}")
         if match_by not in ("seq", "time"):
             raise ConfigError(f"match_by must be 'seq' or 'time', got {match_by!r}")
         if not isinstance(policy, PairingPolicy):

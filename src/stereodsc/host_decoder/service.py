@@ -150,11 +150,7 @@ class HostStats:
         }
 
     def line(self) -> str:
-        decoded = (
-            self.decoded_reference
-            + self.decoded_with_side_info
-            + sum(self.decoded_without_side_info.values())
-        )
+        decoded = self.decoded_reference + self.decoded_with_side_info + sum(self.decoded_without_side_info.values())
         lat = self.latency.percentiles().get("total", {})
         return (
             f"received {self.received}, decoded {decoded} ({self.decoded_with_side_info} with side info), "
@@ -170,9 +166,7 @@ def _key(frame: Frame) -> tuple[int, int, int, int]:
 class HostService:
     """Owns the receiver, the pairer, the decoder and the sinks; `run()` serves until stopped."""
 
-    def __init__(
-        self, cfg: HostConfig, callbacks: list[Callable[[DecodedFrame], None]] | None = None
-    ) -> None:
+    def __init__(self, cfg: HostConfig, callbacks: list[Callable[[DecodedFrame], None]] | None = None) -> None:
         from stereodsc.bundle import load_bundle
         from stereodsc.edge_encoder.daemon import default_bundle
         from stereodsc.host_decoder.decoder import HostDecoder
@@ -241,9 +235,7 @@ class HostService:
         self.stats.received += 1
         try:
             t0 = time.perf_counter()
-            frame = unpack(
-                data, max_frame_bytes=self.cfg.host.max_frame_bytes, expected_bundle=self.bundle.id_bytes
-            )
+            frame = unpack(data, max_frame_bytes=self.cfg.host.max_frame_bytes, expected_bundle=self.bundle.id_bytes)
             self.stats.latency.add("parse", time.perf_counter() - t0)
         except BitstreamError as e:
             self.stats.rejected[type(e).__name__] += 1

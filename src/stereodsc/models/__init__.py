@@ -28,9 +28,7 @@ __all__ = [
     "si_finder",
 ]
 
-_MODELS: dict[str, type[CompressionModel]] = {
-    cls.name: cls for cls in (Balle2017, Balle2018, NDIC, NDICCAM, DSIN)
-}
+_MODELS: dict[str, type[CompressionModel]] = {cls.name: cls for cls in (Balle2017, Balle2018, NDIC, NDICCAM, DSIN)}
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
 # Options a model does not take (e.g. CAM sizes for balle2017) are ignored by that model.
@@ -65,8 +63,6 @@ def build_model(name: str, preset: str = "small", **options: Any) -> Compression
     resolved = default_options(name, preset)
     unknown = sorted(set(options) - set(resolved))
     if unknown:
-        raise ConfigError(
-            f"{name}: unknown option(s) {unknown}; valid options: {', '.join(sorted(resolved))}"
-        )
+        raise ConfigError(f"{name}: unknown option(s) {unknown}; valid options: {', '.join(sorted(resolved))}")
     resolved.update(options)
     return _model_class(name)(**resolved)

@@ -54,9 +54,7 @@ class CompressionModel(nn.Module):
     def check_image(self, x: Tensor) -> None:
         """Raise ValueError (naming the fix) for an image this model cannot take."""
         if x.dim() != 4 or x.shape[1] != 3:
-            raise ValueError(
-                f"{self.name}: expected an N x 3 x H x W image batch, got shape {tuple(x.shape)}"
-            )
+            raise ValueError(f"{self.name}: expected an N x 3 x H x W image batch, got shape {tuple(x.shape)}")
         h, w = x.shape[-2:]
         if h % self.stride or w % self.stride:
             raise ValueError(
@@ -83,9 +81,7 @@ class CompressionModel(nn.Module):
     def forward(self, x: Tensor, y: Tensor | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
-    def rd_loss(
-        self, out: dict[str, Any], x: Tensor, lmbda: float, distortion: Distortion
-    ) -> dict[str, Tensor]:
+    def rd_loss(self, out: dict[str, Any], x: Tensor, lmbda: float, distortion: Distortion) -> dict[str, Tensor]:
         """The shared rate-distortion terms: transmitted bpp and distortion of x_hat."""
         rate = bpp(out["likelihoods"].values(), x)
         dist = distortion(out["x_hat"], x)

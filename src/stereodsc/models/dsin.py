@@ -94,9 +94,7 @@ def si_finder(
         if max_row_offset is not None:
             lo, hi = max(0, i * ph - max_row_offset), min(rows, i * ph + max_row_offset + 1)
         band = ys[:, :, lo : hi - 1 + ph].reshape(1, b * 3, hi - 1 + ph - lo, wp)
-        score = F.conv2d(band, patches[:, i].reshape(b * nw, 3, ph, pw), groups=b).reshape(
-            b, nw, hi - lo, cols
-        )
+        score = F.conv2d(band, patches[:, i].reshape(b * nw, 3, ph, pw), groups=b).reshape(b, nw, hi - lo, cols)
         score.div_(spread[:, :, lo:hi])
         if gaussian_prior:
             score.mul_(prior_r[i, lo:hi].view(1, 1, -1, 1)).mul_(prior_c.view(1, nw, 1, cols))

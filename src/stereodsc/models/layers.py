@@ -93,9 +93,7 @@ def conv(in_ch: int, out_ch: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d
 
 def deconv(in_ch: int, out_ch: int, kernel: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
     """Transposed conv that exactly inverts ``conv``'s size change (output = input * stride)."""
-    return nn.ConvTranspose2d(
-        in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, output_padding=stride - 1
-    )
+    return nn.ConvTranspose2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, output_padding=stride - 1)
 
 
 def analysis_transform(N: int, M: int, in_ch: int = 3) -> nn.Sequential:

@@ -106,9 +106,7 @@ class NDIC(CompressionModel):
         terms = self.rd_loss(out, x, lmbda, distortion)
         d_y = distortion(out["y_hat"], y)
         rates = out["rates"]
-        terms["loss"] = (
-            terms["loss"] + self.alpha * (lmbda * 255**2 * d_y + rates["h_y"]) + self.beta * rates["w"]
-        )
+        terms["loss"] = terms["loss"] + self.alpha * (lmbda * 255**2 * d_y + rates["h_y"]) + self.beta * rates["w"]
         terms.update(distortion_y=d_y, bpp_h_y=rates["h_y"], bpp_w=rates["w"])
         return terms
 

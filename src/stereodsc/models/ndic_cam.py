@@ -120,9 +120,7 @@ class NDICCAM(NDIC):
         image_size = [int(s) for s in image_size]
         unit = CAM_SCALES[0] * GRID
         if len(image_size) != 2 or image_size[0] % unit or image_size[1] % unit:
-            raise ConfigError(
-                f"{self.name}: image_size={image_size} must be [height, width], both multiples of {unit}"
-            )
+            raise ConfigError(f"{self.name}: image_size={image_size} must be [height, width], both multiples of {unit}")
         super().__init__(
             N,
             M,
@@ -140,8 +138,7 @@ class NDICCAM(NDIC):
         self.patch_mode = patch_mode
         self.image_size = tuple(image_size)
         self.cams = nn.ModuleList(
-            CrossAttention(self.cam_patch(scale), dim, heads, dim_head, dropout)
-            for scale in CAM_SCALES[:num_cams]
+            CrossAttention(self.cam_patch(scale), dim, heads, dim_head, dropout) for scale in CAM_SCALES[:num_cams]
         )
 
     def cam_patch(self, scale: int) -> tuple[int, int]:

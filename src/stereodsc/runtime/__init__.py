@@ -42,9 +42,7 @@ def open_session(
     if backend == "tensorrt":
         from .tensorrt import TensorRTSession
 
-        return TensorRTSession(
-            onnx_path, cache_dir or onnx_path.parent / "engines", cache_key, dict(profiles or {})
-        )  # type: ignore[arg-type]
+        return TensorRTSession(onnx_path, cache_dir or onnx_path.parent / "engines", cache_key, dict(profiles or {}))  # type: ignore[arg-type]
     from .ort import OrtSession
 
     return OrtSession(onnx_path, backend, cache_dir, threads)

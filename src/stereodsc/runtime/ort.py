@@ -20,9 +20,7 @@ PROVIDERS: dict[str, list[str]] = {
 class OrtSession:
     """An onnxruntime InferenceSession with named inputs and outputs."""
 
-    def __init__(
-        self, onnx_path: Path, backend: str = "cpu", cache_dir: Path | None = None, threads: int = 0
-    ):
+    def __init__(self, onnx_path: Path, backend: str = "cpu", cache_dir: Path | None = None, threads: int = 0):
         import onnxruntime as ort
 
         wanted = PROVIDERS[backend]

@@ -41,14 +41,10 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as e:  # torch raises many types for a damaged file
-        raise CheckpointError(
-            f"cannot read checkpoint {path}: {e}; the file is damaged or not a checkpoint"
-        ) from e
+        raise CheckpointError(f"cannot read checkpoint {path}: {e}; the file is damaged or not a checkpoint") from e
     if not isinstance(ckpt, dict) or ckpt.get("schema") != SCHEMA:
         found = ckpt.get("schema") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(
-            f"{path}: schema {found!r}, expected {SCHEMA!r}; it was not written by this stereodsc"
-        )
+        raise CheckpointError(f"{path}: schema {found!r}, expected {SCHEMA!r}; it was not written by this stereodsc")
     for key in ("model", "model_config", "model_state", "step"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: missing {key!r}; the checkpoint is incomplete")

@@ -95,9 +95,7 @@ def validate(cfg: TrainConfig) -> None:
 
     src, m, d, t = cfg.source, cfg.model, cfg.data, cfg.train
     if m.name not in MODEL_NAMES:
-        raise ConfigError(
-            f"{src}: [model] name = {m.name!r} is not a model; choose one of {list(MODEL_NAMES)}"
-        )
+        raise ConfigError(f"{src}: [model] name = {m.name!r} is not a model; choose one of {list(MODEL_NAMES)}")
     if m.preset not in PRESETS:
         raise ConfigError(f"{src}: [model] preset = {m.preset!r} is unknown; choose one of {list(PRESETS)}")
     bad = sorted(set(m.options) - set(default_options(m.name)))

@@ -75,8 +75,7 @@ def cityscapes_sequence(root: Path, split: str) -> StereoSequence:
         raise DataError(f"{root} is not a Cityscapes root: missing leftImg8bit/{split}/")
     left = sorted(left_root.glob("*/*_leftImg8bit.png"))
     right = [
-        root / "rightImg8bit" / split / p.parent.name / p.name.replace("_leftImg8bit", "_rightImg8bit")
-        for p in left
+        root / "rightImg8bit" / split / p.parent.name / p.name.replace("_leftImg8bit", "_rightImg8bit") for p in left
     ]
     missing = [p for p in right if not p.is_file()]
     if missing:
@@ -130,9 +129,7 @@ class Augment:
     flip: bool = True
     swap: bool = True
 
-    def __call__(
-        self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if self.crop is not None:
             ch, cw = self.crop
             h, w = x.shape[:2]

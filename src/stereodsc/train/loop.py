@@ -51,9 +51,7 @@ def _sequence_pairs(seq: StereoSequence, cfg: TrainConfig) -> tuple[list[Pair], 
         )
     train_frames, val_frames = list(range(n - d.val_frames)), list(range(n - d.val_frames, n))
     pairings = ["stereo", "general"] if d.pairing == "both" else [d.pairing]
-    train = [
-        p for mode in pairings for p in make_pairs(seq, mode, d.max_shift, d.both_directions, train_frames)
-    ]
+    train = [p for mode in pairings for p in make_pairs(seq, mode, d.max_shift, d.both_directions, train_frames)]
     val = make_pairs(seq, "stereo", d.max_shift, d.both_directions, val_frames)
     return train, val
 
@@ -175,9 +173,7 @@ class Trainer:
         """Start from another run's weights (e.g. a higher-rate point), with fresh optimisers."""
         ckpt = load_checkpoint(path)
         if ckpt["model"] != self.model.name:
-            raise CheckpointError(
-                f"init_from {path} holds a {ckpt['model']} model, this run trains {self.model.name}"
-            )
+            raise CheckpointError(f"init_from {path} holds a {ckpt['model']} model, this run trains {self.model.name}")
         self.model.load_state_dict(ckpt["model_state"])
 
     # ---- training ----------------------------------------------------------------------------
@@ -223,9 +219,7 @@ class Trainer:
             sums["loss"] += terms["loss"].item()
             # The objective every model shares (rate of x + its distortion), comparable across models;
             # "loss" also holds model-specific terms (NDIC's y-branch and common-information rates).
-            sums["rd_loss"] += (
-                self.cfg.train.lmbda * 255**2 * terms["distortion"].item() + terms["bpp"].item()
-            )
+            sums["rd_loss"] += self.cfg.train.lmbda * 255**2 * terms["distortion"].item() + terms["bpp"].item()
             sums["bpp"] += estimated_bits(out) / (h * w)
             sums["psnr"] += psnr(x_hat, x)
             sums["ms_ssim"] += ms_ssim(x_hat, x).item() if min(h, w) >= 97 else math.nan
@@ -250,9 +244,7 @@ class Trainer:
                 self.step += 1
                 window.append(stats)
                 bar.update(1)
-                bar.set_postfix(
-                    loss=f"{stats['loss']:.3f}", bpp=f"{stats['bpp']:.3f}", psnr=f"{stats['psnr']:.2f}"
-                )
+                bar.set_postfix(loss=f"{stats['loss']:.3f}", bpp=f"{stats['bpp']:.3f}", psnr=f"{stats['psnr']:.2f}")
                 if self.step % t.validate_every == 0 or self.step == t.steps:
                     self._validate_and_log(window)
                     window = []
@@ -298,9 +290,7 @@ def _progress(start: int, total: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
 
-def train(
-    cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None
-) -> Trainer:
+def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Trainer:
     """Train (or continue) the run `cfg` describes and return the trainer."""
     trainer = Trainer(cfg, progress=progress)
     if resume:
@@ -308,8 +298,7 @@ def train(
             log.info("no checkpoint in %s yet: starting from step 0", trainer.out_dir)
     elif trainer.latest_path.exists():
         raise CheckpointError(
-            f"{trainer.latest_path} exists: pass --resume to continue it, or choose another "
-            f"[train] out folder"
+            f"{trainer.latest_path} exists: pass --resume to continue it, or choose another [train] out folder"
         )
     elif cfg.train.init_from:
         trainer.warm_start(cfg.train.init_from)

@@ -1,0 +1,149 @@
+"""The deployed graphs: torch wrappers with the wire-side I/O (uint8 NHWC images, int32 symbols)
+and their ONNX export with torch's default (dynamo) exporter.
+
+Edge: ``image`` uint8 [1, H, W, 3] -> ``y`` int32 [1, M, H/16, W/16]: the conversion to float, the
+analysis transform and the rounding all sit inside the graph, so a camera board feeds camera bytes
+and gets the integers the entropy coder takes. Host: ``y`` int32 (+ ``side`` uint8 [1, H, W, 3])
+-> ``image`` uint8 [1, H, W, 3], rounded as ``round(255 clamp(x_hat, 0, 1))``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.export import Dim
+
+from stereodsc.models import CompressionModel
+from stereodsc.models.dsin import DSIN
+from stereodsc.wire import MAX_DIM
+
+EDGE_INPUTS = ("image",)
+HOST_OUTPUTS = ("image",)
+SIDE_INPUT = "side"
+
+
+def to_float(image: Tensor) -> Tensor:
+    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W] in [0, 1] (what the models were trained on)."""
+    return image.permute(0, 3, 1, 2).to(torch.float32) / 255.0
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """float [B, 3, H, W] in [0, 1] -> uint8 [B, H, W, 3] (round half to even, as ONNX Round)."""
+    return torch.round(x.clamp(0.0, 1.0) * 255.0).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class EdgeGraph(nn.Module):
+    """Camera side: uint8 image -> the integer symbols of every transmitted latent."""
+
+    def __init__(self, model: CompressionModel, latents: tuple[str, ...]) -> None:
+        super().__init__()
+        self.model = model
+        self.latents = latents
+
+    def forward(self, image: Tensor) -> tuple[Tensor, ...]:
+        latents = self.model.analysis(to_float(image))
+        return tuple(latents[name].to(torch.int32) for name in self.latents)
+
+
+class HostGraph(nn.Module):
+    """Host side: symbols (+ the decoded side image for side-information models) -> uint8 image."""
+
+    def __init__(self, model: CompressionModel) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, y: Tensor, side: Tensor | None = None) -> Tensor:
+        side_float = None if side is None else to_float(side)
+        return to_uint8(self.model.synthesis({"y": y.to(torch.float32)}, side_float))
+
+
+def padded_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
+    """(H, W) of an image of `size` after ``pad_to_multiple(image, stride)``."""
+    return -(-size[0] // stride) * stride, -(-size[1] // stride) * stride
+
+
+def host_input_names(model: CompressionModel) -> tuple[str, ...]:
+    return ("y", SIDE_INPUT) if model.uses_side_info else ("y",)
+
+
+def fixed_size_reason(model: CompressionModel, part: str) -> str | None:
+    """Why a graph of this model is exported per padded size instead of once for any size (None: it isn't).
+
+    Decided per model rather than by trying: torch.onnx falls back to tracing when torch.export
+    fails, and a traced graph silently bakes in the example's shape.
+    """
+    if getattr(model, "patch_mode", None) == "grid":
+        return "NDIC-CAM with patch_mode='grid' runs only at its training image_size"
+    if part == "host" and isinstance(model, DSIN):
+        return (
+            "DSIN's SI-Finder loops over the rows of patches and indexes by the padded width "
+            "(shape-dependent control flow): one host graph per padded size"
+        )
+    return None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Silence the exporter's chatter (missing torchvision ops, deprecations); errors still raise."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def export_graph(
+    module: nn.Module,
+    args: tuple[Tensor, ...],
+    path: Path,
+    input_names: tuple[str, ...],
+    output_names: tuple[str, ...],
+    opset: int,
+    stride: int | None,
+) -> None:
+    """Export `module` at the example `args` to one self-contained ONNX file.
+
+    `stride` given: image dims are dynamic multiples of it (latent dims dynamic, tied to them);
+    None: the graph runs only at the example's shapes. torch.export runs first, on its own, so a
+    graph that cannot take dynamic shapes fails here instead of being traced at one size.
+    """
+    dynamic_shapes: dict[str, Any] | None = None
+    if stride is not None:
+        h, w = Dim("h", min=1, max=MAX_DIM // stride), Dim("w", min=1, max=MAX_DIM // stride)
+        image_dims = {1: stride * h, 2: stride * w}
+        by_name = {"image": image_dims, SIDE_INPUT: image_dims, "y": {2: h, 3: w}}
+        dynamic_shapes = {name: by_name[name] for name in input_names}
+    module.eval()
+    with _quiet(), torch.no_grad():
+        # As torch.onnx's own capture: size-oblivious reasoning keeps the padding arithmetic of
+        # NDIC-CAM's attention symbolic instead of guarding on the example's sizes.
+        with torch.fx.experimental._config.patch(backed_size_oblivious=True):  # type: ignore[attr-defined]
+            program = torch.export.export(
+                module,
+                args,
+                dynamic_shapes=dynamic_shapes,
+                strict=False,
+                prefer_deferred_runtime_asserts_over_guards=True,
+            )
+        onnx_program = torch.onnx.export(
+            program,
+            args,
+            input_names=list(input_names),
+            output_names=list(output_names),
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+        assert onnx_program is not None
+        onnx_program.save(path, external_data=False)

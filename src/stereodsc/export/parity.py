@@ -1,0 +1,142 @@
+"""Export parity: the ONNX graphs on onnxruntime (CPU, the reference backend) against the torch model.
+
+Edge: the graph's int32 symbols against ``model.analysis`` symbols. onnxruntime and torch sum
+the convolutions in different orders, so a latent within ~1e-5 of a rounding boundary (k + 0.5)
+can round the other way: measured 1 of 384,000 symbols for a small-preset balle2017 at 384x1248
+(torch 2.500005 -> 3, onnxruntime -> 2). Such a flip changes one symbol by 1 and desynchronises
+nothing (the host decodes the symbols the edge coded), so it is counted as a *boundary flip*:
+|difference| = 1 where torch's unrounded latent lies within BOUNDARY_EPS of k + 0.5. Any other
+difference means the graph computes something else.
+Host: the graph's uint8 output against torch's ``synthesis`` output rounded the same way, both fed
+the edge graph's symbols; reported as max |difference| in 8-bit levels and PSNR difference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from stereodsc.eval.metrics import psnr
+from stereodsc.eval.preprocess import pad_to_multiple, paper_protocol
+from stereodsc.export.graphs import SIDE_INPUT, host_input_names, padded_size, to_float, to_uint8
+from stereodsc.images import read_rgb
+from stereodsc.models import CompressionModel
+from stereodsc.runtime import open_session
+
+SamplePair = tuple[np.ndarray, np.ndarray]  # (x, side): uint8 HxWx3, side = the other camera
+BOUNDARY_EPS = 1e-3  # latent units; float32 conv round-off is ~1e-5 at these magnitudes
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    """One graph pair on one sample image at one padded size."""
+
+    role: str
+    quality: int
+    size: tuple[int, int]  # padded (H, W) the graphs ran at
+    sample: int
+    symbols: int
+    symbol_mismatches: int
+    boundary_flips: int  # the mismatches explained by float round-off at k + 0.5 (see module doc)
+    max_symbol_delta: int
+    host_max_abs_diff: int  # 8-bit levels
+    psnr_onnx: float  # dB, against the (padded) sample image
+    psnr_torch: float
+
+    @property
+    def psnr_delta(self) -> float:
+        """onnxruntime PSNR minus torch PSNR (dB); 0 when both reconstructions are identical."""
+        if math.isinf(self.psnr_onnx) and math.isinf(self.psnr_torch):
+            return 0.0
+        return self.psnr_onnx - self.psnr_torch
+
+
+def default_samples() -> list[SamplePair]:
+    """Two pairs of the bundled KITTI sample: (right camera = dependent x, left camera = side)."""
+    from stereodsc.sample import drive_path
+
+    drive = drive_path()
+    frames = sorted((drive / "image_03" / "data").iterdir())
+    return [
+        (read_rgb(frames[i]), read_rgb(drive / "image_02" / "data" / frames[i].name)) for i in (0, len(frames) // 2)
+    ]
+
+
+def fit(image: np.ndarray, size: tuple[int, int], stride: int) -> np.ndarray:
+    """The sample at image `size` (as is, else paper-protocol crop + resize), padded to `stride`."""
+    if image.shape[:2] != tuple(size):
+        image = paper_protocol(image, size)
+    return np.ascontiguousarray(pad_to_multiple(image, stride)[0])
+
+
+def _tensor(image: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(image))[None]
+
+
+@torch.no_grad()
+def check_quality(
+    model: CompressionModel,
+    role: str,
+    quality: int,
+    edge_paths: dict[tuple[int, int], Path],
+    host_paths: dict[tuple[int, int], Path],
+    samples: Sequence[SamplePair],
+    sizes: Sequence[tuple[int, int]],
+) -> list[ParityResult]:
+    """Run both graphs and the torch model on every sample at every image size (padded per graph)."""
+    results = []
+    for size in sizes:
+        padded = padded_size(size, model.stride)
+        edge = open_session(edge_paths[padded])
+        host = open_session(host_paths[padded])
+        for i, (x_img, side_img) in enumerate(samples):
+            x = fit(x_img, size, model.stride)
+            symbols = edge.run({"image": x[None]})["y"]
+            reference = model.analysis(to_float(_tensor(x)))["y"].to(torch.int32).numpy()
+            latent = model.g_a(to_float(_tensor(x))).numpy()  # y before rounding (symbols = round(y))
+            delta = np.abs(symbols.astype(np.int64) - reference)
+            at_boundary = np.abs(np.abs(latent - np.floor(latent)) - 0.5) <= BOUNDARY_EPS
+            feed = {"y": symbols}
+            side = None
+            if model.uses_side_info:
+                feed[SIDE_INPUT] = fit(side_img, size, model.stride)[None]
+                side = to_float(torch.from_numpy(feed[SIDE_INPUT]))
+            assert tuple(feed) == host_input_names(model)
+            out_onnx = host.run(feed)["image"][0]
+            y = torch.from_numpy(symbols).to(torch.float32)
+            out_torch = to_uint8(model.synthesis({"y": y}, side))[0].numpy()
+            results.append(
+                ParityResult(
+                    role,
+                    quality,
+                    padded,
+                    i,
+                    int(symbols.size),
+                    int(np.count_nonzero(delta)),
+                    int(np.count_nonzero((delta == 1) & at_boundary)),
+                    int(delta.max(initial=0)),
+                    int(np.abs(out_onnx.astype(np.int16) - out_torch).max(initial=0)),
+                    psnr(x, out_onnx),
+                    psnr(x, out_torch),
+                )
+            )
+    return results
+
+
+def summarise(results: Sequence[ParityResult]) -> dict[str, object]:
+    """The manifest's per-quality parity record (rounded so that re-exports give the same bytes)."""
+    return {
+        "sizes": sorted({f"{r.size[0]}x{r.size[1]}" for r in results}),
+        "samples": len({r.sample for r in results}),
+        "symbols": sum(r.symbols for r in results),
+        "symbol_mismatches": sum(r.symbol_mismatches for r in results),
+        "boundary_flips": sum(r.boundary_flips for r in results),
+        "host_max_abs_diff": max(r.host_max_abs_diff for r in results),
+        "psnr_delta_db_max": round(max(abs(r.psnr_delta) for r in results), 4),
+        "psnr_onnx_db_mean": round(float(np.mean([r.psnr_onnx for r in results])), 3),
+    }

@@ -1,6 +1,6 @@
 """Edge encoder -> wire -> host decoder on exported bundles: symbols, images, sizes, refusals, files.
 
-Bundles and checkpoints come from test_export.py's session cache (exported once per session).
+Bundles and checkpoints come from tiny_models.py's session cache (exported once per session).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from stereodsc.images import read_rgb, write_rgb
 from stereodsc.models.base import bits
 from stereodsc.train.checkpoint import model_from_checkpoint
 from stereodsc.wire import BundleMismatchError, Frame, Role, unpack
-from test_export import bundle_dir, checkpoint, sample_pair
+from tiny_models import bundle_dir, checkpoint, sample_pair
 
 # (bundle, role, quality, checkpoint): every model at every quality it was exported at.
 CASES = [

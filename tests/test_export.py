@@ -10,7 +10,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
@@ -18,101 +17,12 @@ from stereodsc.bundle import MANIFEST, load_bundle
 from stereodsc.errors import BundleError, CheckpointError, ConfigError
 from stereodsc.export import DEFAULT_SIZES, ParityError, ParityResult, export_bundle
 from stereodsc.export import exporter as exporter_module
-from stereodsc.models import build_model
-from stereodsc.train.checkpoint import rng_state, save_checkpoint
-
-TINY = {"N": 8, "M": 8}
-CAM_TINY = {"heads": 2, "dim": 16, "dim_head": 8, "image_size": [64, 128]}
-# name -> (model, options, lambda, seed)
-CHECKPOINTS = {
-    "balle_lo": ("balle2017", {}, 0.002, 0),
-    "balle_hi": ("balle2017", {}, 0.02, 1),
-    "ndic_lo": ("ndic", {}, 0.002, 2),
-    "ndic_hi": ("ndic", {}, 0.02, 3),
-    "cam": ("ndic_cam", CAM_TINY, 0.01, 4),
-    "dsin": ("dsin", {"max_row_offset": 8}, 0.01, 5),
-    "balle2018": ("balle2018", {}, 0.01, 6),
-}
-SMALL_SIZES = ((64, 128), (128, 256))
-# name -> (checkpoints, sizes): balle2017 + ndic also run at KITTI's native size (dynamic shapes).
-BUNDLES = {
-    "stereo": (("balle_hi", "ndic_lo", "balle_lo", "ndic_hi"), ((64, 128), (375, 1242))),
-    "cam": (("cam",), SMALL_SIZES),
-    "dsin": (("dsin",), SMALL_SIZES),
-}
+from tiny_models import CAM_TINY, bundle_dir, checkpoint, sample_pair, write_checkpoint
 
 
 @pytest.fixture(autouse=True)
 def _one_thread() -> None:
     torch.set_num_threads(1)  # tiny graphs: extra threads only fight the other jobs for 2 cores
-
-
-def _write_checkpoint(path: Path, name: str, options: dict, lmbda: float, seed: int) -> None:
-    """A tiny model in the trainer's checkpoint schema (Trainer.state()).
-
-    An untrained g_a gives all-zero symbols, so its last layer is scaled up to make the symbols
-    span a range (escapes included); a few hundred aux steps fit the quantiles to the density.
-    """
-    torch.manual_seed(seed)
-    model = build_model(name, **{**TINY, **options})
-    with torch.no_grad():
-        model.g_a[-1].weight.mul_(40.0)
-    aux = torch.optim.Adam(model.aux_parameters(), lr=0.05)
-    for _ in range(300):
-        aux.zero_grad()
-        model.aux_loss().backward()
-        aux.step()
-    main = torch.optim.Adam(model.main_parameters(), lr=1e-4, amsgrad=True)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(main)
-    val = {"loss": 1.0, "bpp": 0.5, "psnr": 20.0, "ms_ssim": 0.8}
-    save_checkpoint(
-        path,
-        {
-            "model": model.name,
-            "model_config": model.config,
-            "train_config": {"model": {"name": name}, "train": {"lmbda": lmbda}},
-            "step": 300,
-            "cpu_seconds": 1.0,
-            "best_val": 1.0,
-            "metrics": {"step": 300, "lr": 1e-4, "cpu_seconds": 1.0, "train": val, "val": val},
-            "model_state": model.state_dict(),
-            "optimizer": main.state_dict(),
-            "aux_optimizer": aux.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-        },
-    )
-
-
-def checkpoint(factory: pytest.TempPathFactory, name: str) -> Path:
-    """The session's tiny checkpoint `name` (see CHECKPOINTS), written on first use."""
-    path = factory.getbasetemp() / "checkpoints" / f"{name}.pt"
-    if not path.is_file():
-        _write_checkpoint(path, *CHECKPOINTS[name])
-    return path
-
-
-def sample_pair(h: int = 64, w: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """A structured stereo-like pair: smooth noise, the side view shifted by a few pixels."""
-    rng = np.random.default_rng(seed)
-    coarse = rng.uniform(0, 255, (h // 8 + 1, w // 8 + 2, 3))
-    big = np.kron(coarse, np.ones((8, 8, 1)))[:h, : w + 8]
-    return big[:, 8:].astype(np.uint8), big[:, :w].astype(np.uint8)
-
-
-def bundle_dir(factory: pytest.TempPathFactory, name: str) -> Path:
-    """The session's bundle `name` (see BUNDLES), exported on first use."""
-    out = factory.getbasetemp() / "bundles" / name
-    if not (out / MANIFEST).is_file():
-        names, sizes = BUNDLES[name]
-        export_bundle(
-            [checkpoint(factory, n) for n in names],
-            out,
-            sample_images=[sample_pair()],
-            sizes=sizes,
-            progress=False,
-        )
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +129,7 @@ def test_export_refuses_hyperprior(tmp_path_factory: pytest.TempPathFactory, tmp
 
 def test_export_refuses_mixed_or_repeated_checkpoints(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
     other = tmp_path / "wide.pt"
-    _write_checkpoint(other, "balle2017", {"N": 16}, 0.05, 0)
+    write_checkpoint(other, "balle2017", {"N": 16}, 0.05, 0)
     lo = checkpoint(tmp_path_factory, "balle_lo")
     with pytest.raises(ConfigError, match=r"share one model config.*\['N'\]"):
         export_bundle([lo, other], tmp_path / "b", sample_images=[], progress=False)
@@ -239,7 +149,7 @@ def test_export_refuses_mixed_or_repeated_checkpoints(tmp_path_factory: pytest.T
 
 def test_grid_ndic_cam_needs_its_training_size(tmp_path: Path) -> None:
     path = tmp_path / "grid.pt"
-    _write_checkpoint(path, "ndic_cam", {**CAM_TINY, "patch_mode": "grid"}, 0.01, 0)
+    write_checkpoint(path, "ndic_cam", {**CAM_TINY, "patch_mode": "grid"}, 0.01, 0)
     with pytest.raises(ConfigError, match="patch_mode='grid' runs only at"):
         export_bundle([path], tmp_path / "b", sample_images=[], sizes=DEFAULT_SIZES, progress=False)
 

@@ -57,16 +57,102 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
 
 
-def _spawn(args: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+def _tail(path: Path, lines: int = 20) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+
+
+def host_config(
+    folder: Path,
+    port: int,
+    bundle: Path,
+    *,
+    policy: str = "latest_reference",
+    backend: str = "cpu",
+    idle_exit_s: float = 3.0,
+    tag: str = "host",
+    extra: dict[str, dict[str, Any]] | None = None,
+) -> Path:
+    """Write a host config that logs into `folder` (files named after `tag`) and return its path."""
+    cfg: dict[str, dict[str, Any]] = {
+        "host": {
+            "endpoint": f"tcp://127.0.0.1:{port}",
+            "bundle": str(bundle),
+            "backend": backend,
+            "idle_exit_s": idle_exit_s,
+            "stats_file": str(folder / f"{tag}_stats.json"),
+            "stats_every_s": 5.0,
+        },
+        "pairing": {"policy": policy, "deadline_ms": 2000.0},
+        "sinks": {"png_dir": str(folder / "decoded"), "frame_log": str(folder / f"{tag}_frames.jsonl")},
+    }
+    for name, table in (extra or {}).items():
+        cfg.setdefault(name, {}).update(table)
+    for stale in (f"{tag}_stats.json", f"{tag}_frames.jsonl"):
+        (folder / stale).unlink(missing_ok=True)
+    path = folder / f"{tag}.toml"
+    path.write_text(dump_toml(cfg))
+    return path
+
+
+def edge_config(
+    folder: Path,
+    port: int,
+    bundle: Path,
+    cam: CameraSpec,
+    *,
+    frames: int,
+    fps: float,
+    quality: int = 0,
+    source: str = "sample",
+    path: str = "",
+    loop: bool = False,
+    backend: str = "cpu",
+) -> Path:
+    """Write one camera node's config (frame log edge<id>_frames.jsonl in `folder`) and return its path."""
+    cfg = {
+        "camera": {
+            "rig_id": 1,
+            "camera_id": cam.camera_id,
+            "role": cam.role,
+            "source": source,
+            "path": path,
+            "drive_camera": cam.drive_camera,
+            "fps": fps,
+            "max_frames": frames,
+            "loop": loop,
+        },
+        "codec": {"bundle": str(bundle), "quality": quality, "backend": backend},
+        "link": {"endpoint": f"tcp://127.0.0.1:{port}", "wait_for_host_s": 60.0},
+        "log": {"stats_every_s": 5.0, "frame_log": str(folder / f"edge{cam.camera_id}_frames.jsonl")},
+    }
+    (folder / f"edge{cam.camera_id}_frames.jsonl").unlink(missing_ok=True)
+    cfg_path = folder / f"edge{cam.camera_id}.toml"
+    cfg_path.write_text(dump_toml(cfg))
+    return cfg_path
+
+
+def spawn(command: str, config: Path) -> subprocess.Popen[bytes]:
+    """`stereodsc <command> --config <config>` as a child process logging to <config>.log."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    with open(log_path, "wb") as log:
+    with open(config.with_suffix(".log"), "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "stereodsc.cli", *args], stdout=log, stderr=subprocess.STDOUT, env=env
+            [sys.executable, "-m", "stereodsc.cli", command, "--config", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
         )
 
 
-def _tail(path: Path, lines: int = 20) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else "(no log)"
+def collect(folder: Path, cameras: tuple[CameraSpec, ...], tag: str = "host") -> PipelineRun:
+    stats_path = folder / f"{tag}_stats.json"
+    if not stats_path.exists():
+        raise PipelineError(f"the host wrote no statistics; its log ends with:\n{_tail(folder / f'{tag}.log')}")
+    return PipelineRun(
+        folder,
+        json.loads(stats_path.read_text()),
+        _read_jsonl(folder / f"{tag}_frames.jsonl"),
+        {c.camera_id: _read_jsonl(folder / f"edge{c.camera_id}_frames.jsonl") for c in cameras},
+    )
 
 
 def run_pipeline(
@@ -88,70 +174,36 @@ def run_pipeline(
     wait for the host to drain, and collect what everybody logged."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    host_cfg: dict[str, dict[str, Any]] = {
-        "host": {
-            "endpoint": f"tcp://127.0.0.1:{port}",
-            "bundle": str(bundle),
-            "backend": backend,
-            "idle_exit_s": 3.0,
-            "stats_file": str(folder / "host_stats.json"),
-            "stats_every_s": 5.0,
-        },
-        "pairing": {"policy": policy, "deadline_ms": 2000.0},
-        "sinks": {"png_dir": str(folder / "decoded"), "frame_log": str(folder / "host_frames.jsonl")},
-    }
-    for name, table in (host_extra or {}).items():
-        host_cfg.setdefault(name, {}).update(table)
-    for stale in (
-        "host_stats.json",
-        "host_frames.jsonl",
-        *(f"edge{c.camera_id}_frames.jsonl" for c in cameras),
-    ):
-        (folder / stale).unlink(missing_ok=True)
-    (folder / "host.toml").write_text(dump_toml(host_cfg))
-    host = _spawn(["host", "--config", str(folder / "host.toml")], folder / "host.log")
+    host = spawn("host", host_config(folder, port, bundle, policy=policy, backend=backend, extra=host_extra))
     edges = []
     try:
         for cam in cameras:
-            cfg = {
-                "camera": {
-                    "rig_id": 1,
-                    "camera_id": cam.camera_id,
-                    "role": cam.role,
-                    "source": source,
-                    "path": path,
-                    "drive_camera": cam.drive_camera,
-                    "fps": fps,
-                    "max_frames": frames,
-                },
-                "codec": {"bundle": str(bundle), "quality": quality, "backend": backend},
-                "link": {"endpoint": f"tcp://127.0.0.1:{port}", "wait_for_host_s": 60.0},
-                "log": {"stats_every_s": 5.0, "frame_log": str(folder / f"edge{cam.camera_id}_frames.jsonl")},
-            }
-            cfg_path = folder / f"edge{cam.camera_id}.toml"
-            cfg_path.write_text(dump_toml(cfg))
-            edges.append((cam, _spawn(["edge", "--config", str(cfg_path)], folder / f"edge{cam.camera_id}.log")))
+            cfg = edge_config(
+                folder,
+                port,
+                bundle,
+                cam,
+                frames=frames,
+                fps=fps,
+                quality=quality,
+                source=source,
+                path=path,
+                backend=backend,
+            )
+            edges.append((spawn("edge", cfg), cfg.with_suffix(".log")))
         deadline = time.monotonic() + timeout_s
-        for cam, proc in edges:
-            _wait(proc, deadline, folder / f"edge{cam.camera_id}.log")
-        _wait(host, deadline, folder / "host.log")
+        for proc, log in edges:
+            wait(proc, deadline, log)
+        wait(host, deadline, folder / "host.log")
     finally:
-        for proc in [host, *(p for _, p in edges)]:
+        for proc in [host, *(p for p, _ in edges)]:
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-    stats_path = folder / "host_stats.json"
-    if not stats_path.exists():
-        raise PipelineError(f"the host wrote no statistics; its log ends with:\n{_tail(folder / 'host.log')}")
-    return PipelineRun(
-        folder,
-        json.loads(stats_path.read_text()),
-        _read_jsonl(folder / "host_frames.jsonl"),
-        {c.camera_id: _read_jsonl(folder / f"edge{c.camera_id}_frames.jsonl") for c in cameras},
-    )
+    return collect(folder, cameras)
 
 
-def _wait(proc: subprocess.Popen[bytes], deadline: float, log_path: Path) -> None:
+def wait(proc: subprocess.Popen[bytes], deadline: float, log_path: Path) -> None:
     try:
         code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:

@@ -67,7 +67,8 @@ def _lines(path: Path) -> int:
 def test_cameras_survive_a_host_restart(stereo: Path, tmp_path: Path) -> None:
     port = free_port()
     first = spawn("host", host_config(tmp_path, port, stereo, idle_exit_s=0.0, tag="host_a"))
-    edges = [spawn("edge", edge_config(tmp_path, port, stereo, cam, frames=60, fps=10.0, loop=True)) for cam in STEREO]
+    configs = [edge_config(tmp_path, port, stereo, cam, frames=60, fps=10.0, loop=True) for cam in STEREO]
+    edges = [spawn("edge", cfg) for cfg in configs]
     try:
         deadline = time.monotonic() + 120
         while _lines(tmp_path / "host_a_frames.jsonl") < 6:
@@ -78,8 +79,8 @@ def test_cameras_survive_a_host_restart(stereo: Path, tmp_path: Path) -> None:
         first.wait()
         time.sleep(1.0)
         second = spawn("host", host_config(tmp_path, port, stereo, idle_exit_s=3.0, tag="host_b"))
-        for proc in edges:
-            wait(proc, time.monotonic() + 120, tmp_path / "edge.log")  # the cameras never hang
+        for proc, cfg in zip(edges, configs, strict=True):
+            wait(proc, time.monotonic() + 120, cfg.with_suffix(".log"))  # the cameras never hang
         wait(second, time.monotonic() + 60, tmp_path / "host_b.log")
     finally:
         for proc in [first, *edges]:

@@ -276,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for chatty in ("onnxscript", "onnx_ir", "torch.onnx"):  # the ONNX exporter logs every pass at INFO
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     if args.command is None:
         parser.print_help()
         return 2

@@ -209,7 +209,7 @@ def print_report(report: dict[str, Any], trained_here: bool) -> None:
 
 
 def run_demo(out: Path, frames: int = 12) -> int:
-    from stereodsc.edge_encoder.daemon import default_bundle
+    from stereodsc.bundles import default_bundle
     from stereodsc.errors import ConfigError
 
     out.mkdir(parents=True, exist_ok=True)

@@ -111,6 +111,7 @@ class CameraNode:
 
     def __init__(self, cfg: EdgeConfig) -> None:
         from stereodsc.bundle import load_bundle
+        from stereodsc.bundles import default_bundle
         from stereodsc.edge_encoder.encoder import EdgeEncoder
         from stereodsc.edge_encoder.sources import open_source
         from stereodsc.transport import FrameSender
@@ -220,17 +221,6 @@ class CameraNode:
             self.sender.close()
         log.info("camera %d.%d stopped: %s", cam.rig_id, cam.camera_id, self.stats.line(time.monotonic() - started))
         return self.stats
-
-
-def default_bundle() -> Path:
-    """The bundle that ships inside the package (see README: shipped models)."""
-    path = Path(__file__).resolve().parents[1] / "bundles" / "default"
-    if not path.is_dir():
-        raise ConfigError(
-            "no bundle configured and no default bundle ships with this install; "
-            "set [codec] bundle to a folder made by 'stereodsc export'"
-        )
-    return path
 
 
 def run_camera_node(config: str | Path) -> int:

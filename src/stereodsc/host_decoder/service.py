@@ -168,7 +168,7 @@ class HostService:
 
     def __init__(self, cfg: HostConfig, callbacks: list[Callable[[DecodedFrame], None]] | None = None) -> None:
         from stereodsc.bundle import load_bundle
-        from stereodsc.edge_encoder.daemon import default_bundle
+        from stereodsc.bundles import default_bundle
         from stereodsc.host_decoder.decoder import HostDecoder
         from stereodsc.transport import DecodedPublisher, FrameReceiver
 

@@ -18,7 +18,17 @@ from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.host_decoder.decoder import HostDecoder
 from stereodsc.host_decoder.service import HostService, host_config_from_dict
 from stereodsc.images import read_rgb
-from stereodsc.pipeline import STEREO, collect, edge_config, free_port, host_config, run_pipeline, spawn, wait
+from stereodsc.pipeline import (
+    STEREO,
+    CameraSpec,
+    collect,
+    edge_config,
+    free_port,
+    host_config,
+    run_pipeline,
+    spawn,
+    wait,
+)
 from stereodsc.sample import drive_path
 from stereodsc.wire import Frame, Role, unpack
 from tiny_models import bundle_dir
@@ -131,3 +141,64 @@ def test_host_rejects_foreign_and_corrupt_frames_and_counts_them(stereo: Path, t
         assert unpack(good).bundle_id == bundle.id_bytes
     finally:
         service.close()
+
+
+def test_camera_array_shares_one_reference(stereo: Path, tmp_path: Path) -> None:
+    cameras = (*STEREO, CameraSpec(2, "dependent", "right"))
+    run = run_pipeline(stereo, tmp_path, frames=3, fps=20.0, cameras=cameras)
+    assert run.host_stats["decoded_reference"] == 3
+    assert run.host_stats["decoded_with_side_info"] == 6, "both dependent cameras pair with the one reference"
+    assert {(r["camera"], r["seq"]) for r in run.host_frames} == {(c, s) for c in (0, 1, 2) for s in range(3)}
+
+
+def test_decoded_frames_reach_subscribers_and_callbacks(stereo: Path) -> None:
+    import zmq
+
+    pub_port = free_port()
+    cfg = host_config_from_dict(
+        {
+            "host": {"endpoint": f"tcp://127.0.0.1:{free_port()}", "bundle": str(stereo)},
+            "sinks": {"publish": f"tcp://127.0.0.1:{pub_port}"},
+        }
+    )
+    seen: list[int] = []
+    service = HostService(cfg, callbacks=[lambda out: seen.append(out.frame.seq)])
+    ctx = zmq.Context()
+    sub = ctx.socket(zmq.SUB)
+    try:
+        sub.connect(f"tcp://127.0.0.1:{pub_port}")
+        sub.setsockopt(zmq.SUBSCRIBE, b"rig1.cam0")
+        time.sleep(0.3)  # let the subscription reach the publisher
+        enc = EdgeEncoder(service.bundle, "intra", 0)
+        image = sample("left", 0)
+        encoded = enc.encode(image)
+        for seq in range(10):
+            frame = enc.frame(encoded, rig_id=1, camera_id=0, seq=seq, t_capture_ns=seq)
+            service.handle(frame.pack(), time.monotonic())
+        assert seen == list(range(10))
+        assert sub.poll(5000), "no decoded frame was published"
+        topic, header, payload = sub.recv_multipart()
+        meta = json.loads(header)
+        assert topic == b"rig1.cam0" and meta["role"] == "reference" and meta["side_info"] is False
+        decoded = np.frombuffer(payload, np.uint8).reshape(meta["height"], meta["width"], 3)
+        assert decoded.shape == image.shape
+        assert np.array_equal(decoded, HostDecoder(service.bundle).decode(unpack(frame.pack())).image)
+    finally:
+        sub.close(0)
+        ctx.term()
+        service.close()
+
+
+def test_camera_and_host_modules_never_import_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
+        "import stereodsc.cli, stereodsc.edge_encoder.daemon, stereodsc.edge_encoder.encoder\n"
+        "import stereodsc.host_decoder.service, stereodsc.host_decoder.decoder, stereodsc.pipeline\n"
+        "import stereodsc.calibration, stereodsc.transport, stereodsc.wire, stereodsc.entropy, stereodsc.bundle\n"
+        "import stereodsc.runtime.ort\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr

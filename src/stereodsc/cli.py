@@ -130,6 +130,27 @@ def cmd_decode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval(args: argparse.Namespace) -> int:
+    from stereodsc.eval.run import run_eval
+
+    codecs = None if args.codecs is None else [c for c in args.codecs.split(",") if c]
+    results = run_eval(
+        args.model,
+        args.pairs,
+        protocol=args.protocol,
+        codecs=codecs,
+        out=args.out,
+        visualize=args.visualize,
+        max_images=args.max_images,
+        progress=not args.quiet,
+        frames=args.frames,
+        both_directions=args.both_directions,
+        side=args.side,
+    )
+    print(f"results: {results}  (BD-rate table: {results.parent / 'bd_rate.md'}; plots: rd_psnr.png, rd_ms_ssim.png)")
+    return 0
+
+
 def _size(text: str) -> tuple[int, int]:
     from stereodsc.errors import ConfigError
 
@@ -255,6 +276,56 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--side", help="side image (the reference camera's decoded frame), for side_info frames")
     de.add_argument("-o", "--output", required=True, help="PNG to write")
     de.set_defaults(func=cmd_decode)
+
+    ev = sub.add_parser(
+        "eval",
+        help="rate-distortion evaluation with real bytes against classical codecs",
+        description="Encode and decode image pairs with every model (real rANS bytes, the deployed graphs) and "
+        "with the classical anchors in the same process; write results.json (per image, method and quality: "
+        "bytes, payload/wire/estimated bpp, PSNR, MS-SSIM), a BD-rate table of every method against every "
+        "anchor and of each side-information codec against the no-side-information one, and RD plots.",
+    )
+    ev.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        type=Path,
+        required=True,
+        help="bundle folder or checkpoint (.pt); repeatable. Checkpoints of one model config form one curve",
+    )
+    ev.add_argument(
+        "--pairs",
+        required=True,
+        type=Path,
+        help="KITTI raw drive (image_02/image_03) or a folder of <name>_L/<name>_R images; x = right, y = left",
+    )
+    ev.add_argument(
+        "--protocol",
+        choices=("paper", "native"),
+        default="paper",
+        help="paper: crop + resize to 128x256; native: full frame (bpp over original pixels)",
+    )
+    ev.add_argument(
+        "--codecs",
+        help="comma-separated anchors (jpeg,jpeg2000,webp,hevc,avif,jpegxl); default: all that run here; '' for none",
+    )
+    ev.add_argument(
+        "--side",
+        choices=("original", "decoded"),
+        default="original",
+        help="side image: the original y (as the papers) or y decoded by the bundle's intra codec",
+    )
+    ev.add_argument("--frames", help="START:STOP frame range, Python slice rules (-20: = the last 20)")
+    ev.add_argument("--max-images", type=int, help="evaluate at most N images")
+    ev.add_argument("--both-directions", action="store_true", help="also x = left with y = right")
+    ev.add_argument(
+        "--visualize",
+        action="store_true",
+        help="common/private information images (NDIC, NDIC-CAM), DSIN y_syn, correlation-vs-gain plot",
+    )
+    ev.add_argument("--out", required=True, type=Path, help="output folder")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=cmd_eval)
 
     d = sub.add_parser(
         "demo",

@@ -9,4 +9,7 @@ The sub-modules are independent and import their heavy dependencies lazily, so t
 - ``bdrate``: Bjøntegaard delta rate / quality (PCHIP or cubic).
 - ``rd``: per-image records, per-method curves, the BD-rate table, ``results.json``.
 - ``plots``: RD curve PNGs.
+- ``learned``: our codecs through the deployed path (edge graph, rANS, wire, host graph): real bytes.
+- ``run``: ``stereodsc eval``: learned codecs and anchors on the same images, results.json, plots.
+- ``visualize``: common vs private information (NDIC, NDIC-CAM), DSIN's y_syn, correlation vs gain.
 """

@@ -1,0 +1,302 @@
+"""Learned codecs in the rate-distortion evaluation, coded through the deployed path.
+
+Every codec and quality of a bundle (or of checkpoints, exported on the fly) codes each image
+exactly as a camera and the host do: edge ONNX graph -> rANS -> packed wire frame -> unpack ->
+rANS decode -> host ONNX graph. So the rates are real bytes (DESIGN decision 4): the payload (sum
+of the rANS segments, comparable with the papers' bpp), the wire frame (header included) and,
+beside them, the estimate from the integer tables (what the papers report).
+
+Side information: the papers decode x with the ORIGINAL side image y; a deployed host has only
+the reference camera's DECODED frame. ``side="original"`` (default) reproduces the papers'
+protocol; ``side="decoded"`` codes y with the intra codec of the same bundle at the nearest lambda
+and decodes x with that.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stereodsc.bundle import FRAME_ROLES, Bundle, Codec, load_bundle, sha256_file
+from stereodsc.edge_encoder.encoder import EdgeEncoder, Encoded
+from stereodsc.errors import BitstreamError, ConfigError
+from stereodsc.eval.rd import Record
+from stereodsc.host_decoder.decoder import HostDecoder
+from stereodsc.wire import unpack
+
+log = logging.getLogger(__name__)
+
+SIDE_MODES = ("original", "decoded")
+CHECKPOINTS_GROUP = "checkpoints"
+"""Source group of every checkpoint argument: together they play the part of one bundle."""
+
+
+@dataclass(frozen=True)
+class EvalPair:
+    """One evaluated image: ``x`` is coded, ``y`` (the other camera) is the side information.
+
+    Both are uint8 HxWx3 of one size, already preprocessed (paper protocol or native).
+    """
+
+    name: str
+    x: np.ndarray
+    y: np.ndarray
+
+
+@dataclass(frozen=True)
+class LearnedMethod:
+    """One codec (role) of one bundle: one RD curve, one point per quality.
+
+    ``group`` is the --model source it came from (a bundle folder, or all checkpoints together):
+    side-information codecs are compared with, and take decoded side images from, the intra codec
+    of their own group. ``checkpoints`` (per quality) are kept when the model came as checkpoints,
+    for what only torch can show (DSIN's y_syn).
+    """
+
+    name: str
+    group: str
+    bundle: Bundle
+    role: str
+    checkpoints: tuple[Path, ...] = ()
+
+    @property
+    def codec(self) -> Codec:
+        return self.bundle.codec(self.role)
+
+    @property
+    def uses_side_info(self) -> bool:
+        return self.codec.uses_side_info
+
+    def describe(self) -> dict[str, Any]:
+        """What results.json says about this method: where it came from and its rate points."""
+        codec = self.codec
+        qualities = {}
+        for q in codec.qualities:
+            entry: dict[str, Any] = {"lmbda": q.lmbda}
+            if q.index < len(self.checkpoints):
+                entry["checkpoint"] = str(self.checkpoints[q.index])
+            qualities[quality_label(q.index)] = entry
+        return {
+            "kind": "learned",
+            "model": codec.model,
+            "model_config": codec.model_config,
+            "role": self.role,
+            "uses_side_info": codec.uses_side_info,
+            "source": self.group,
+            "bundle_id": self.bundle.id,
+            "qualities": qualities,
+        }
+
+
+def quality_label(index: int) -> str:
+    """The ``Record.quality`` of a bundle quality index."""
+    return f"q{index}"
+
+
+def _checkpoint_groups(paths: Sequence[Path]) -> list[list[Path]]:
+    """Checkpoints grouped by model config: each group exports as one codec, its checkpoints
+    (ordered by lambda) its qualities, so separate rate-point checkpoints form one curve."""
+    from stereodsc.train.checkpoint import load_checkpoint  # torch: only for checkpoint arguments
+
+    groups: dict[str, list[Path]] = {}
+    for path in paths:
+        config = load_checkpoint(path)["model_config"]
+        groups.setdefault(json.dumps(config, sort_keys=True), []).append(path)
+    return list(groups.values())
+
+
+def open_methods(
+    models: Sequence[Path], sizes: Sequence[tuple[int, int]], stack: contextlib.ExitStack
+) -> list[LearnedMethod]:
+    """Every codec of the given bundles and checkpoints, named by its model ("balle2017", "ndic").
+
+    Checkpoints are exported as ``stereodsc export`` does (parity-checked on its sample images)
+    into a temporary folder that ``stack`` removes;
+    ``sizes`` are the unpadded image sizes to export fixed-size graphs for. A model name that two
+    sources give is suffixed with its source ("ndic@bundle_small").
+    """
+    found: list[tuple[str, str, Bundle, str, tuple[Path, ...]]] = []  # (label, group, bundle, role, checkpoints)
+    checkpoints = []
+    for path in map(Path, models):
+        if path.is_dir():
+            bundle = load_bundle(path)
+            found += [(path.name, str(path), bundle, role, ()) for role in bundle.codecs]
+        elif path.is_file():
+            checkpoints.append(path)
+        else:
+            raise ConfigError(
+                f"--model {path} does not exist: give a bundle folder (from stereodsc export) or a checkpoint (.pt)"
+            )
+    if checkpoints:
+        from stereodsc.export import export_bundle  # torch
+
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stereodsc-eval-")))
+        for i, group in enumerate(_checkpoint_groups(checkpoints)):
+            log.info("exporting %d checkpoint(s) for evaluation: %s", len(group), ", ".join(map(str, group)))
+            # Default samples, as `stereodsc export`: parity-checked, hyperprior scale path calibrated alike.
+            report = export_bundle(group, tmp / f"bundle{i}", sizes=sizes, progress=False)
+            bundle = load_bundle(report.bundle)
+            by_digest = {sha256_file(p): p for p in group}
+            for role, codec in bundle.codecs.items():
+                ordered = tuple(
+                    by_digest[bundle.manifest["codecs"][role]["qualities"][q.index]["checkpoint"]["sha256"]]
+                    for q in codec.qualities
+                )
+                found.append((group[0].stem, CHECKPOINTS_GROUP, bundle, role, ordered))
+    counts = Counter(bundle.codec(role).model for _, _, bundle, role, _ in found)
+    methods = []
+    for label, group_name, bundle, role, ckpts in found:
+        model = bundle.codec(role).model
+        methods.append(
+            LearnedMethod(model if counts[model] == 1 else f"{model}@{label}", group_name, bundle, role, ckpts)
+        )
+    names = Counter(m.name for m in methods)
+    repeated = sorted(n for n, c in names.items() if c > 1)
+    if repeated:
+        raise ConfigError(f"--model arguments give the same method name(s) {repeated} twice: pass each model once")
+    return methods
+
+
+def intra_partners(methods: Sequence[LearnedMethod]) -> dict[str, list[LearnedMethod]]:
+    """Side-information method name -> the no-side-information methods of its source group."""
+    return {
+        m.name: [i for i in methods if not i.uses_side_info and i.group == m.group] for m in methods if m.uses_side_info
+    }
+
+
+def matching_quality(si_codec: Codec, intra_codec: Codec, index: int) -> int:
+    """The intra quality trained with the lambda nearest to the side-information quality's lambda
+    (the same index when a bundle's two codecs share their lambdas)."""
+    lmbda = si_codec.quality(index).lmbda
+    return min(intra_codec.qualities, key=lambda q: (abs(q.lmbda - lmbda), q.index)).index
+
+
+def side_references(methods: Sequence[LearnedMethod], side: str) -> dict[str, LearnedMethod]:
+    """For ``side="decoded"``: side-information method name -> the intra method that codes its y.
+
+    Raises ConfigError naming the fix when a side-information codec has no single intra partner,
+    or when no model uses side information at all.
+    """
+    if side not in SIDE_MODES:
+        raise ConfigError(f"side={side!r}: use 'original' (the papers' protocol) or 'decoded' (deployment)")
+    if side == "original":
+        return {}
+    partners = intra_partners(methods)
+    if not partners:
+        raise ConfigError(
+            "--side decoded needs a side-information model (ndic, ndic_cam, dsin); the models given "
+            f"({', '.join(m.name for m in methods) or 'none'}) decode without side information: drop --side"
+        )
+    refs = {}
+    for name, intras in partners.items():
+        if len(intras) != 1:
+            found = [i.name for i in intras] or "none"
+            raise ConfigError(
+                f"--side decoded: {name} needs exactly one intra (no side information) codec from the same "
+                f"source to decode its side image, found {found}: export a bundle with both codecs "
+                "(or pass one no-SI checkpoint), or use --side original"
+            )
+        refs[name] = intras[0]
+    return refs
+
+
+class LearnedCoder:
+    """Edge encoders and host decoders opened once per (bundle, role, quality) and reused."""
+
+    def __init__(self) -> None:
+        self._encoders: dict[tuple[str, str, int], EdgeEncoder] = {}
+        self._decoders: dict[str, HostDecoder] = {}
+
+    def encoder(self, method: LearnedMethod, quality: int) -> EdgeEncoder:
+        key = (method.bundle.id, method.role, quality)
+        if key not in self._encoders:
+            self._encoders[key] = EdgeEncoder(method.bundle, method.role, quality)
+        return self._encoders[key]
+
+    def round_trip(
+        self, method: LearnedMethod, quality: int, image: np.ndarray, side: np.ndarray | None, seq: int = 0
+    ) -> tuple[Encoded, int, np.ndarray]:
+        """(encoded, wire bytes, decoded image): the frame goes through pack/unpack like on the wire."""
+        encoder = self.encoder(method, quality)
+        encoded = encoder.encode(image, estimate=True)
+        data = encoder.frame(
+            encoded, rig_id=0, camera_id=list(FRAME_ROLES).index(method.role), seq=seq, t_capture_ns=0
+        ).pack()
+        if method.bundle.id not in self._decoders:
+            self._decoders[method.bundle.id] = HostDecoder(method.bundle)
+        decoded = self._decoders[method.bundle.id].decode(unpack(data), side)
+        if not np.array_equal(decoded.symbols, encoded.symbols):
+            raise BitstreamError(
+                f"{method.name} q{quality}: the host decoded other symbols than the edge coded; "
+                "the entropy coder or the bundle's tables are broken (run the entropy tests)"
+            )
+        return encoded, len(data), decoded.image
+
+
+def code_learned(
+    methods: Sequence[LearnedMethod],
+    pairs: Sequence[EvalPair],
+    coder: LearnedCoder,
+    side: str = "original",
+    ms_ssim_win: int = 7,
+    progress: bool = True,
+) -> tuple[list[Record], dict[str, dict[str, str]]]:
+    """One record per (method, quality, image); side-information codecs get y as ``side`` says.
+
+    Returns the records and, for ``side="decoded"``, which intra quality decoded each
+    side-information quality's y (method -> {quality: "<intra method> <quality>"}).
+    """
+    from tqdm import tqdm
+
+    refs = side_references(methods, side)
+    decoded_sides: dict[tuple[str, int, str], np.ndarray] = {}
+
+    def decoded_side(ref: LearnedMethod, quality: int, pair: EvalPair, seq: int) -> np.ndarray:
+        """y coded and decoded by the intra codec, once per (intra quality, image)."""
+        key = (ref.name, quality, pair.name)
+        if key not in decoded_sides:
+            decoded_sides[key] = coder.round_trip(ref, quality, pair.y, None, seq)[2]
+        return decoded_sides[key]
+
+    side_used: dict[str, dict[str, str]] = {}
+    records = []
+    total = len(pairs) * sum(len(m.codec.qualities) for m in methods)
+    with tqdm(total=total, desc="learned codecs", unit="img", disable=not progress) as bar:
+        for method in methods:
+            ref = refs.get(method.name)
+            for point in method.codec.qualities:
+                ref_q = 0 if ref is None else matching_quality(method.codec, ref.codec, point.index)
+                if ref is not None:
+                    side_used.setdefault(method.name, {})[quality_label(point.index)] = (
+                        f"{ref.name} {quality_label(ref_q)}"
+                    )
+                for seq, pair in enumerate(pairs):
+                    side_image = None
+                    if method.uses_side_info:
+                        side_image = pair.y if ref is None else decoded_side(ref, ref_q, pair, seq)
+                    encoded, wire_bytes, decoded = coder.round_trip(method, point.index, pair.x, side_image, seq)
+                    h, w = pair.x.shape[:2]
+                    records.append(
+                        Record.measure(
+                            method=method.name,
+                            quality=quality_label(point.index),
+                            image=pair.name,
+                            original=pair.x,
+                            decoded=decoded,
+                            payload_bytes=encoded.payload_bytes,
+                            wire_bytes=wire_bytes,
+                            estimated_bpp=None if encoded.estimated_bits is None else encoded.estimated_bits / (h * w),
+                            ms_ssim_win=ms_ssim_win,
+                        )
+                    )
+                    bar.update(1)
+    return records, side_used

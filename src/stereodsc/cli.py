@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from stereodsc.train.loop import train
 
     cfg = load_config(args.config)
+    # SIGTERM (systemd, a job scheduler, kill) stops like Ctrl-C: a checkpoint first. SIGINT is set
+    # explicitly because a shell starts background jobs with it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     trainer = train(cfg, resume=args.resume, progress=not args.quiet)
     val = {"loss": float("nan"), "bpp": float("nan"), "psnr": float("nan"), "ms_ssim": float("nan")}
     val.update(trainer.metrics.get("val", {}))

@@ -206,3 +206,35 @@ def test_training_ms_ssim_matches_the_evaluation_metric(sample_drive: Path) -> N
     got = ms_ssim(to_tensor([a]).double(), to_tensor([b]).double()).item()
     assert 0.2 < ref < 0.99
     assert got == pytest.approx(ref, abs=1e-5)
+
+
+def test_sigterm_saves_a_checkpoint(tmp_path: Path) -> None:
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from stereodsc.tomlio import dump_toml
+
+    raw = tiny_config(tmp_path / "run", steps=100000)
+    raw["train"]["checkpoint_every"] = 100000  # only the signal can write the checkpoint we look for
+    cfg_path = tmp_path / "cfg.toml"
+    cfg_path.write_text(
+        dump_toml(
+            {k: v for k, v in raw.items() if k != "model"}
+            | {"model": {"name": "balle2017", "preset": "small"}, "model.options": TINY}
+        )
+    )
+    cmd = [sys.executable, "-m", "stereodsc.cli", "train", "--config", str(cfg_path), "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0].decode()
+    assert proc.returncode == 130 and "checkpoint saved" in out
+    step = load_checkpoint(tmp_path / "run" / "latest.pt")["step"]
+    assert step >= 2

@@ -143,10 +143,11 @@ class _Link:
         if self._socket.closed:
             raise TransportError(f"{type(self).__name__} used after close()")
 
-    def close(self) -> None:
-        """Close now (unsent messages are discarded after ``linger_ms``); safe to call twice."""
+    def close(self, flush_ms: int | None = None) -> None:
+        """Close (unsent messages are discarded after ``linger_ms``, or after `flush_ms` when given:
+        a source that ended wants its last frames delivered); safe to call twice."""
         if not self._socket.closed:
-            self._socket.close()
+            self._socket.close(linger=flush_ms)
             if self._owns_context:
                 self._context.term()
 

@@ -218,7 +218,8 @@ class CameraNode:
         finally:
             if log_file:
                 log_file.close()
-            self.sender.close()
+            # The source ended or a stop was asked: give the last queued frames a moment to leave.
+            self.sender.close(flush_ms=1000)
         log.info("camera %d.%d stopped: %s", cam.rig_id, cam.camera_id, self.stats.line(time.monotonic() - started))
         return self.stats
 

@@ -102,8 +102,13 @@ class DecodedFrame:
     image: np.ndarray  # uint8 RGB HxWx3
     side_info_used: bool
     wire_bytes: int
-    symbols_sha256: str
+    symbols: np.ndarray  # int32: the decoded y symbols
     latency_s: float  # from receipt to delivery
+
+    @property
+    def symbols_sha256(self) -> str:
+        """For audits: equal to the camera's frame log entry when the decode was bit-exact."""
+        return hashlib.sha256(self.symbols.tobytes()).hexdigest()
 
 
 class LatencyStats:
@@ -302,9 +307,8 @@ class HostService:
         t1 = time.perf_counter()
         self.stats.latency.add("decode", t1 - t0)
         received_at, wire_bytes = self._arrivals.get(id(frame), (time.monotonic(), 0))
-        symbols_sha256 = hashlib.sha256(decoded.symbols.tobytes()).hexdigest()
         latency = time.monotonic() - received_at
-        out = DecodedFrame(frame, decoded.image, side is not None, wire_bytes, symbols_sha256, latency)
+        out = DecodedFrame(frame, decoded.image, side is not None, wire_bytes, decoded.symbols, latency)
         self.deliver(out)
         self.stats.latency.add("total", time.monotonic() - received_at)
         return decoded.image
@@ -317,26 +321,25 @@ class HostService:
             from stereodsc.images import write_rgb
 
             write_rgb(Path(sinks.png_dir) / f"{name}.png", out.image)
-        header = {
-            "rig": f.rig_id,
-            "camera": f.camera_id,
-            "role": Role(f.role).name.lower(),
-            "seq": f.seq,
-            "t_capture_ns": f.t_capture_ns,
-            "height": int(out.image.shape[0]),
-            "width": int(out.image.shape[1]),
-            "side_info": out.side_info_used,
-            "bytes": out.wire_bytes,
-            "symbols": out.symbols_sha256,
-            "latency_ms": round(out.latency_s * 1e3, 3),
-        }
-        if self.publisher is not None:
-            self.publisher.publish(
-                f"rig{f.rig_id}.cam{f.camera_id}".encode(), json.dumps(header).encode(), out.image.tobytes()
-            )
-        if self._frame_log is not None:
-            self._frame_log.write(json.dumps(header) + "\n")
-            self._frame_log.flush()
+        if self.publisher is not None or self._frame_log is not None:
+            header = {
+                "rig": f.rig_id,
+                "camera": f.camera_id,
+                "role": Role(f.role).name.lower(),
+                "seq": f.seq,
+                "t_capture_ns": f.t_capture_ns,
+                "height": int(out.image.shape[0]),
+                "width": int(out.image.shape[1]),
+                "side_info": out.side_info_used,
+                "bytes": out.wire_bytes,
+                "latency_ms": round(out.latency_s * 1e3, 3),
+            }
+            if self.publisher is not None:
+                topic = f"rig{f.rig_id}.cam{f.camera_id}".encode()
+                self.publisher.publish(topic, json.dumps(header).encode(), out.image.tobytes())
+            if self._frame_log is not None:
+                self._frame_log.write(json.dumps(header | {"symbols": out.symbols_sha256}) + "\n")
+                self._frame_log.flush()
         for callback in self.callbacks:
             callback(out)
 

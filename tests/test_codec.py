@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from stereodsc.bundle import Bundle, latent_indexes, load_bundle
+from stereodsc.bundle import Bundle, load_bundle
 from stereodsc.edge_encoder.encoder import EdgeEncoder, encode_file
 from stereodsc.entropy import ideal_bits
 from stereodsc.errors import BitstreamError, ConfigError, DataError
@@ -21,7 +21,7 @@ from stereodsc.eval.preprocess import pad_to_multiple
 from stereodsc.export.graphs import to_float, to_uint8
 from stereodsc.host_decoder.decoder import HostDecoder, SideImageError, UndecodableFrameError, decode_file
 from stereodsc.images import read_rgb, write_rgb
-from stereodsc.models.base import bits
+from stereodsc.models.base import CompressionModel, bits
 from stereodsc.train.checkpoint import model_from_checkpoint
 from stereodsc.wire import BundleMismatchError, Frame, Role, unpack
 from tiny_models import bundle_dir, checkpoint, sample_pair
@@ -34,6 +34,8 @@ CASES = [
     ("stereo", "side_info", 1, "ndic_hi"),
     ("cam", "side_info", 0, "cam"),
     ("dsin", "side_info", 0, "dsin"),
+    ("hyper", "intra", 0, "balle2018"),  # scale hyperprior: z, then y with integer-scale-net rows
+    ("hyper", "side_info", 0, "ndic_hyper"),
 ]
 
 
@@ -67,26 +69,36 @@ def test_every_model_and_quality_roundtrips_exactly(
 ) -> None:
     bundle = load_bundle(bundle_dir(tmp_path_factory, bundle_name))
     model, _ = model_from_checkpoint(checkpoint(tmp_path_factory, ckpt))
-    x, side = sample_pair(120, 250, seed=3)  # pads to 128x256
-    uses_side = bundle.codec(role).uses_side_info
+    assert isinstance(model, CompressionModel)
+    x, side = sample_pair(120, 250, seed=3)  # pads to 128x256 (stride 16, and 64 with a hyperprior)
+    codec = bundle.codec(role)
+    uses_side = codec.uses_side_info
     encoder, frame, symbols, image, used = roundtrip(bundle, role, quality, x, side if uses_side else None)
     assert used == uses_side
     assert frame.role == (Role.DEPENDENT if uses_side else Role.REFERENCE) and frame.quality == quality
+    encoded = encoder.encode(x, estimate=True)
+    assert list(encoded.latents) == [lat.name for lat in codec.latents] and encoded.segments == frame.segments
 
     with torch.no_grad():
-        xt = to_float(torch.from_numpy(pad_to_multiple(x, 16)[0])[None])
-        yt = to_float(torch.from_numpy(pad_to_multiple(side, 16)[0])[None]) if uses_side else None
-        reference = model.analysis(xt)["y"]
-        assert np.array_equal(symbols, reference[0].to(torch.int32).numpy())
-        expected = to_uint8(model.synthesis({"y": reference}, yt))[0].numpy()[:120, :250]
+        xt = to_float(torch.from_numpy(pad_to_multiple(x, codec.stride)[0])[None])
+        yt = to_float(torch.from_numpy(pad_to_multiple(side, codec.stride)[0])[None]) if uses_side else None
+        reference = model.analysis(xt)
+        for name, coded in encoded.latents.items():  # y, and a hyperprior's z: exactly the model's symbols
+            assert np.array_equal(coded, reference[name][0].to(torch.int32).numpy()), name
+        expected = to_uint8(model.synthesis({"y": reference["y"]}, yt))[0].numpy()[:120, :250]
         likelihood_bits = float(bits(model(xt, yt)["likelihoods"].values()))
     assert np.abs(image.astype(int) - expected).max() <= 1
     assert np.abs(symbols).max() > 0  # the tiny models code non-trivial symbols
 
     payload_bits = 8 * frame.payload_size
-    exact = ideal_bits(symbols, latent_indexes(symbols.shape), encoder.tables["y"])
-    assert abs(payload_bits - exact) <= 0.001 * exact + 64
-    assert payload_bits == pytest.approx(likelihood_bits, rel=0.05, abs=64)
+    exact = 0.0
+    for latent in codec.latents:  # a hyperprior's y rows come from the integer scale net on z
+        rows = encoder.coding.rows(latent, encoded.latents[latent.name].shape, encoded.latents)
+        exact += ideal_bits(encoded.latents[latent.name], rows, encoder.tables[latent.name])
+    assert exact == encoded.estimated_bits
+    assert abs(payload_bits - exact) <= 0.001 * exact + 64 * len(codec.latents)
+    if len(codec.latents) == 1:  # the tiny hyperpriors' y ignores their scales: outliers hit the 1e-9 floor
+        assert payload_bits == pytest.approx(likelihood_bits, rel=0.05, abs=64)
 
 
 def test_dynamic_sizes_one_bundle(stereo: Bundle) -> None:
@@ -144,7 +156,7 @@ def test_bad_input_images_are_refused(stereo: Bundle) -> None:
         (x.tolist(), "numpy array"),
     ):
         with pytest.raises(DataError, match=match):
-            encoder.encode(bad)  # type: ignore[arg-type]
+            encoder.encode(bad)
 
 
 def test_undecodable_frames_raise_bitstream_errors(stereo: Bundle, tmp_path_factory: pytest.TempPathFactory) -> None:
@@ -209,6 +221,7 @@ def test_files_with_a_checkpoint_instead_of_a_bundle(tmp_path_factory: pytest.Te
     line = decode_file(tmp_path / "x.sdf", ckpt, tmp_path / "side.png", tmp_path / "out.png")
     assert "ndic side_info q0" in line and "side information used" in line
     model, _ = model_from_checkpoint(ckpt)
+    assert isinstance(model, CompressionModel)
     with torch.no_grad():
         y = model.analysis(to_float(torch.from_numpy(x)[None]))["y"]
         expected = to_uint8(model.synthesis({"y": y}, to_float(torch.from_numpy(side)[None])))[0].numpy()

@@ -6,6 +6,7 @@ They are built once per session under pytest's base temp folder (`checkpoint`, `
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,13 +14,14 @@ import torch
 
 from stereodsc.bundle import MANIFEST
 from stereodsc.export import export_bundle
-from stereodsc.models import build_model
+from stereodsc.models import CompressionModel, build_model
+from stereodsc.models.priors import ScaleHyperprior
 from stereodsc.train.checkpoint import rng_state, save_checkpoint
 
 TINY = {"N": 8, "M": 8}
 CAM_TINY = {"heads": 2, "dim": 16, "dim_head": 8, "image_size": [64, 128]}
 # name -> (model, options, lambda, seed)
-CHECKPOINTS = {
+CHECKPOINTS: dict[str, tuple[str, dict[str, Any], float, int]] = {
     "balle_lo": ("balle2017", {}, 0.002, 0),
     "balle_hi": ("balle2017", {}, 0.02, 1),
     "ndic_lo": ("ndic", {}, 0.002, 2),
@@ -27,6 +29,7 @@ CHECKPOINTS = {
     "cam": ("ndic_cam", CAM_TINY, 0.01, 4),
     "dsin": ("dsin", {"max_row_offset": 8}, 0.01, 5),
     "balle2018": ("balle2018", {}, 0.01, 6),
+    "ndic_hyper": ("ndic", {"backbone": "balle2018"}, 0.01, 7),
 }
 SMALL_SIZES = ((64, 128), (128, 256))
 # name -> (checkpoints, sizes): balle2017 + ndic also run at KITTI's native size (dynamic shapes).
@@ -34,19 +37,25 @@ BUNDLES = {
     "stereo": (("balle_hi", "ndic_lo", "balle_lo", "ndic_hi"), ((64, 128), (375, 1242))),
     "cam": (("cam",), SMALL_SIZES),
     "dsin": (("dsin",), SMALL_SIZES),
+    "hyper": (("balle2018", "ndic_hyper"), SMALL_SIZES),  # scale hyperprior: intra + side_info
 }
 
 
-def write_checkpoint(path: Path, name: str, options: dict, lmbda: float, seed: int) -> None:
+def write_checkpoint(path: Path, name: str, options: dict[str, Any], lmbda: float, seed: int) -> None:
     """A tiny model in the trainer's checkpoint schema (Trainer.state()).
 
     An untrained g_a gives all-zero symbols, so its last layer is scaled up to make the symbols
     span a range (escapes included); a few hundred aux steps fit the quantiles to the density.
+    A scale hyperprior's z and its h_s's scales are spread too (`spread_hyperprior`).
     """
     torch.manual_seed(seed)
     model = build_model(name, **{**TINY, **options})
+    last = list(model.g_a.children())[-1]
+    assert isinstance(last, torch.nn.Conv2d)
     with torch.no_grad():
-        model.g_a[-1].weight.mul_(40.0)
+        last.weight.mul_(40.0)
+    if isinstance(model.prior, ScaleHyperprior):
+        spread_hyperprior(model)
     aux = torch.optim.Adam(model.aux_parameters(), lr=0.05)
     for _ in range(300):
         aux.zero_grad()
@@ -72,6 +81,32 @@ def write_checkpoint(path: Path, name: str, options: dict, lmbda: float, seed: i
             "rng": rng_state(),
         },
     )
+
+
+def spread_hyperprior(model: CompressionModel) -> None:
+    """Rescale h_a's and h_s's last convs so that, on sample images, z spreads over a few integers
+    (std ~3) and h_s's outputs ~ N(2, 3).
+
+    A random-init h_a gives z = 0 almost everywhere and a random-init h_s puts every scale at the
+    table's lower bound (row 0 everywhere): the integer-vs-float comparison would be trivially
+    equal. This spreads the scales over the table's lower half, as a trained model's are.
+    """
+    prior = model.prior
+    assert isinstance(prior, ScaleHyperprior)
+    h_a_last, h_s_last = prior.h_a[-1], prior.h_s[4]
+    assert isinstance(h_a_last, torch.nn.Conv2d) and h_a_last.bias is not None
+    assert isinstance(h_s_last, torch.nn.Conv2d) and h_s_last.bias is not None
+    with torch.no_grad():
+        images = [sample_pair(128, 256, seed)[i] for seed in range(2) for i in range(2)]
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
+        y = model.g_a(x)
+        z = prior.h_a(torch.abs(y))
+        h_a_last.weight.mul_(3.0 / float(z.std()))
+        h_a_last.bias.mul_(3.0 / float(z.std()))
+        pre = prior.h_s[:5](torch.round(prior.h_a(torch.abs(y))))
+        mean, std = float(pre.mean()), float(pre.std())
+        h_s_last.weight.mul_(3.0 / std)
+        h_s_last.bias.copy_((h_s_last.bias - mean) * 3.0 / std + 2.0)
 
 
 def checkpoint(factory: pytest.TempPathFactory, name: str) -> Path:

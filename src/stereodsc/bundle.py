@@ -6,15 +6,22 @@ Layout of a bundle folder (written by ``stereodsc export``, see `stereodsc.expor
     intra/q0/edge.onnx           uint8 image [1, H, W, 3] -> int32 symbols (analysis, rounding inside)
     intra/q0/host.onnx           int32 symbols -> uint8 image [1, H, W, 3] (no side information)
     intra/q0/tables.npz          integer CDF tables of the transmitted latent y
+    intra/q0/tables_z.npz        (scale hyperprior) integer CDF tables of z, one row per channel
+    intra/q0/scale_path.npz      (scale hyperprior) the integer h_s that picks y's table rows from z
     side_info/q0/...             the same for the side-information codec; its host graph also takes
                                  the decoded side image "side" (uint8 [1, H, W, 3])
     side_info/q0/host_128x256.onnx   a graph that only runs at one padded size (DSIN's SI-Finder)
 
 H and W are the image size padded to the codec's ``stride``. A graph is either dynamic (one file,
 manifest key ``"*"``, any multiple of the stride) or fixed (one file per padded size, key
-``"HxW"``). Each quality lists its graphs by part ("edge", "host") and its tables by latent name
-("y"); the codec lists its latents in wire-segment order, so a hyperprior can add a "z" latent,
-its tables and a third graph without changing the layout.
+``"HxW"``). Each quality lists its graphs by part ("edge", "host") and its tables by latent name;
+the codec lists its latents in wire-segment order. A factorized codec sends one latent, "y", coded
+with one table row per channel. A scale-hyperprior codec sends "z" first (one row per channel),
+then "y", whose manifest entry says ``"conditioned_on": "z"``: the table row of every y element is
+``IntegerScaleNet.indexes(z)`` of the quality's ``scale_paths["y"]`` file, an integer network both
+ends evaluate on the integer z (the edge on the z it coded, the host on the z it decoded), so no
+float ever chooses a CDF (DESIGN decision 2). Its edge graph outputs z and y, its host graph takes
+y only (the decoders read y_hat; z only selects y's tables).
 
 The bundle id is the sha256 of manifest.json; since the manifest holds the sha256 of every file,
 the id changes whenever any file changes. Every wire frame carries (a prefix of) it, so a host
@@ -34,7 +41,7 @@ import hashlib
 import json
 import tempfile
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +51,7 @@ from stereodsc.errors import BundleError, DataError
 from stereodsc.wire import Role
 
 if TYPE_CHECKING:
-    from stereodsc.entropy import CdfTables
+    from stereodsc.entropy import CdfTables, IntegerScaleNet
     from stereodsc.runtime import Session
 
 MANIFEST = "manifest.json"
@@ -106,6 +113,7 @@ class QualityPoint:
     lmbda: float
     metrics: dict[str, Any]
     parity: dict[str, Any] | None
+    scale_paths: Mapping[str, Path] = field(default_factory=dict)  # latent name -> integer scale net file
 
     @property
     def edge(self) -> Graph:
@@ -121,14 +129,51 @@ class QualityPoint:
 
         return {name: CdfTables.from_npz_bytes(path.read_bytes()) for name, path in self.tables.items()}
 
+    def load_scale_paths(self) -> dict[str, IntegerScaleNet]:
+        """Parse and validate the integer scale nets (hyperprior codecs; empty for factorized ones)."""
+        from stereodsc.entropy import IntegerScaleNet
+
+        return {name: IntegerScaleNet.from_npz_bytes(path.read_bytes()) for name, path in self.scale_paths.items()}
+
 
 @dataclass(frozen=True)
 class Latent:
-    """A transmitted latent: one wire segment, ``channels`` x (H / stride) x (W / stride) symbols."""
+    """A transmitted latent: one wire segment, ``channels`` x (H / stride) x (W / stride) symbols.
+
+    ``conditioned_on`` None: coded with one table row per channel. Otherwise the name of an earlier
+    latent whose symbols select this one's rows through the quality's integer scale net.
+    """
 
     name: str
     channels: int
     stride: int
+    conditioned_on: str | None = None
+
+
+@dataclass(frozen=True)
+class Coding:
+    """The integers one quality is entropy-coded with, identical on both ends: a CDF table set per
+    latent and an integer scale net per conditioned latent, checked against each other at load."""
+
+    latents: tuple[Latent, ...]  # in wire-segment order
+    tables: Mapping[str, CdfTables]
+    scale_nets: Mapping[str, IntegerScaleNet]
+
+    def rows(self, latent: Latent, shape: tuple[int, int, int], coded: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Table row of every symbol of `latent` ([C, h, w] `shape`), given the latents coded before it.
+
+        `coded` maps earlier latents to their int32 symbols [C, h, w]: on the edge those it encoded,
+        on the host those it decoded, which are the same integers, hence the same rows.
+        """
+        if latent.conditioned_on is None:
+            return latent_indexes(shape)
+        rows = self.scale_nets[latent.name].indexes(coded[latent.conditioned_on])
+        if rows.shape != shape:
+            raise BundleError(
+                f"the scale net of {latent.name} gave rows {rows.shape} for {latent.conditioned_on} "
+                f"{coded[latent.conditioned_on].shape}, expected {shape}: the bundle is inconsistent; re-export it"
+            )
+        return rows
 
 
 @dataclass(frozen=True)
@@ -160,6 +205,35 @@ class Codec:
         return {
             lat.name: (lat.channels, padded_height // lat.stride, padded_width // lat.stride) for lat in self.latents
         }
+
+    def load_coding(self, point: QualityPoint) -> Coding:
+        """Load one quality's tables and scale nets and check they fit this codec's latents.
+
+        Raises BundleError for a bundle whose files do not fit its manifest (and the table / scale
+        net format errors, BitstreamErrors, for damaged files).
+        """
+        tables = point.load_tables()
+        nets = point.load_scale_paths()
+        by_name = {lat.name: lat for lat in self.latents}
+
+        def bad(msg: str) -> BundleError:
+            return BundleError(f"{self.role} quality {point.index}: {msg}; the bundle is inconsistent, re-export it")
+
+        for lat in self.latents:
+            rows = tables[lat.name].num_rows
+            if lat.conditioned_on is None:
+                if rows != lat.channels:
+                    raise bad(f"{lat.name} has {lat.channels} channels but its tables have {rows} rows")
+                continue
+            net, given = nets[lat.name], by_name[lat.conditioned_on]
+            if (net.latent_channels, net.channels) != (given.channels, lat.channels):
+                raise bad(
+                    f"the scale net maps {net.latent_channels} -> {net.channels} channels, the latents are "
+                    f"{given.name} ({given.channels}) -> {lat.name} ({lat.channels})"
+                )
+            if net.levels != rows:
+                raise bad(f"the scale net picks among {net.levels} rows, {lat.name}'s tables have {rows}")
+        return Coding(self.latents, tables, nets)
 
 
 @dataclass(frozen=True)
@@ -219,10 +293,19 @@ def _codec(folder: Path, role: str, raw: dict[str, Any], listed: Mapping[str, An
                 float(q["lmbda"]),
                 dict(q.get("metrics") or {}),
                 q.get("parity"),
+                {name: file(entry["file"]) for name, entry in (q.get("scale_paths") or {}).items()},
             )
             for i, q in enumerate(raw["qualities"])
         )
-        latents = tuple(Latent(str(x["name"]), int(x["channels"]), int(x["stride"])) for x in raw["latents"])
+        latents = tuple(
+            Latent(
+                str(x["name"]),
+                int(x["channels"]),
+                int(x["stride"]),
+                None if x.get("conditioned_on") is None else str(x["conditioned_on"]),
+            )
+            for x in raw["latents"]
+        )
         codec = Codec(
             role,
             raw["model"],
@@ -235,12 +318,29 @@ def _codec(folder: Path, role: str, raw: dict[str, Any], listed: Mapping[str, An
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise BundleError(f"{folder / MANIFEST}: malformed {role!r} codec entry ({e!r}); re-export the bundle") from e
+    conditioned = {lat.name for lat in latents if lat.conditioned_on is not None}
     for q in qualities:
         missing = ({"edge", "host"} - set(q.graphs)) | ({lat.name for lat in latents} - set(q.tables))
+        missing |= {f"scale_paths[{name}]" for name in conditioned - set(q.scale_paths)}
         if missing:
             raise BundleError(f"{folder / MANIFEST}: {role} quality {q.index} lacks {sorted(missing)}")
-    if not qualities or codec.stride < 1 or any(lat.stride < 1 for lat in latents):
+        if set(q.scale_paths) - conditioned:
+            raise BundleError(
+                f"{folder / MANIFEST}: {role} quality {q.index} has scale paths for "
+                f"{sorted(set(q.scale_paths) - conditioned)}, which no latent is conditioned with"
+            )
+    names = [lat.name for lat in latents]
+    if not qualities or codec.stride < 1 or any(lat.stride < 1 or codec.stride % lat.stride for lat in latents):
         raise BundleError(f"{folder / MANIFEST}: {role} codec has no qualities or a bad stride")
+    if "y" not in names or len(set(names)) != len(names):
+        raise BundleError(f"{folder / MANIFEST}: {role} codec latents {names}: need distinct names, y among them")
+    for i, lat in enumerate(latents):
+        given = next((g for g in latents[:i] if g.name == lat.conditioned_on), None)
+        if lat.conditioned_on is not None and (given is None or given.stride != 4 * lat.stride):
+            raise BundleError(
+                f"{folder / MANIFEST}: {role} latent {lat.name} is conditioned on {lat.conditioned_on!r}, which "
+                "must be an earlier latent of 4x its stride (the integer scale net upsamples by 4)"
+            )
     return codec
 
 
@@ -337,7 +437,7 @@ def check_rgb(image: Any, what: str, max_pixels: int = MAX_PIXELS) -> np.ndarray
 def latent_indexes(shape: tuple[int, int, int]) -> np.ndarray:
     """Table row of every symbol of a factorized latent (one row per channel), shared read-only.
 
-    A hyperprior latent would take its rows from a graph instead (``build_indexes`` of h_s(z)).
+    A hyperprior's y takes its rows from the integer scale net instead (`Coding.rows`).
     """
     from stereodsc.entropy import channel_indexes
 

@@ -1,12 +1,15 @@
 """Camera-side codec: uint8 image -> edge ONNX graph -> int32 symbols -> rANS -> wire frame.
 
 numpy, onnxruntime (through `stereodsc.runtime`), the numba rANS coder and the bundle's integer
-tables: no torch, so it runs on a camera board with ``stereodsc[edge]``.
+tables: no torch, so it runs on a camera board with ``stereodsc[edge]``. A scale-hyperprior codec
+codes z first, then y with the table rows its integer scale net computes from that integer z
+(`stereodsc.bundle.Coding`): the host recomputes the same rows from the z it decodes.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +21,6 @@ from stereodsc.bundle import (
     Bundle,
     GraphSessions,
     check_rgb,
-    latent_indexes,
     open_model,
 )
 from stereodsc.errors import BundleError, ConfigError, DataError
@@ -36,6 +38,7 @@ class Encoded:
     height: int  # original (unpadded) image size
     width: int
     estimated_bits: float | None = None  # information content under the integer tables, if asked
+    latents: Mapping[str, np.ndarray] = field(default_factory=dict)  # every coded latent (z too), int32 [C, h, w]
 
     @property
     def payload_bytes(self) -> int:
@@ -64,7 +67,8 @@ class EdgeEncoder:
         self.codec = bundle.codec(role)
         self.quality = quality
         self.point = self.codec.quality(quality)
-        self.tables = self.point.load_tables()
+        self.coding = self.codec.load_coding(self.point)
+        self.tables = self.coding.tables
         self.max_pixels = max_pixels
         self._sessions = GraphSessions(bundle, backend, threads)
 
@@ -86,8 +90,11 @@ class EdgeEncoder:
                 "bundle for this size"
             )
         outputs = self._sessions.run(path, {"image": padded[None]})
+        shapes = self.codec.latent_shapes(ph, pw)
         segments, bits = [], 0.0
-        for name, shape in self.codec.latent_shapes(ph, pw).items():
+        coded: dict[str, np.ndarray] = {}  # latents coded so far: a hyperprior's y rows come from its z
+        for latent in self.codec.latents:
+            name, shape = latent.name, shapes[latent.name]
             symbols = outputs.get(name)
             if symbols is None or symbols.dtype != np.int32 or symbols.shape != (1, *shape):
                 got = None if symbols is None else (symbols.dtype, symbols.shape)
@@ -95,11 +102,12 @@ class EdgeEncoder:
                     f"edge graph {path} gave {name} = {got}, the manifest says int32 {(1, *shape)}: "
                     "the bundle is inconsistent; re-export it"
                 )
-            indexes = latent_indexes(shape)
+            indexes = self.coding.rows(latent, shape, coded)
             segments.append(entropy.encode(symbols[0], indexes, self.tables[name]))
             if estimate:
                 bits += entropy.ideal_bits(symbols[0], indexes, self.tables[name])
-        return Encoded(tuple(segments), outputs["y"][0], height, width, bits if estimate else None)
+            coded[name] = symbols[0]
+        return Encoded(tuple(segments), coded["y"], height, width, bits if estimate else None, coded)
 
     def frame(
         self,

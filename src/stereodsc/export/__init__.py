@@ -9,8 +9,12 @@ What each model exports (all graphs opset 18 by default, torch's dynamo exporter
 - dsin ("side_info"): dynamic edge graph; one host graph per padded size in ``sizes`` (its
   SI-Finder has shape-dependent loops), decoder + SI-Finder + SI-Net in one graph.
 - ndic_cam with patch_mode="grid": both graphs fixed at its training image_size.
-- scale-hyperprior models (balle2018, ndic/ndic_cam with backbone="balle2018"): refused until the
-  integer scale-index path exists.
+- scale-hyperprior models (balle2018, ndic/ndic_cam with backbone="balle2018"): the edge graph
+  outputs z and y (int32), the host graph takes y (+ side); per quality the bundle also holds z's
+  tables (one row per channel), y's tables (one row per scale level) and ``scale_path.npz``, the
+  bit-exact integer h_s (`stereodsc.entropy.IntegerScaleNet`, calibrated on the sample images' z)
+  that both ends run on the integer z to pick y's rows. Parity adds z's symbols and the integer
+  vs float scale path (row agreement, rate cost) to the manifest and the report.
 """
 
 from stereodsc.export.exporter import DEFAULT_SIZES, ExportReport, ParityError, export_bundle

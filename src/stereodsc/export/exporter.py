@@ -5,11 +5,19 @@ reference camera's), models with it the "side_info" codec (the dependent cameras
 all checkpoints must share one model config; they are ordered by lambda, so quality 0 is the
 lowest rate. The bundle is assembled in a temporary folder next to `out` and renamed into place
 only after every graph passed the parity check, so a failed export leaves nothing behind.
+
+Scale-hyperprior models (balle2018; ndic / ndic_cam with backbone="balle2018") send two latents,
+z then y. Per quality the bundle holds z's tables (the entropy bottleneck's, one row per channel),
+y's tables (the Gaussian conditional's, one row per scale level) and ``scale_path.npz``, the
+`IntegerScaleNet` quantised from h_s (activation ranges calibrated on the z's of the export's
+sample images) that gives every y element its row from the integer z, on the edge and the host
+alike. The float h_s is not exported: nothing at run time picks a CDF from floats.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 import sys
 import tempfile
@@ -24,7 +32,7 @@ import torch
 
 from stereodsc import __version__
 from stereodsc.bundle import ANY_SIZE, ROLES, load_bundle, size_key, write_manifest
-from stereodsc.entropy import build_tables
+from stereodsc.entropy import CdfTables, IntegerScaleNet, build_tables
 from stereodsc.errors import CheckpointError, ConfigError, StereoDSCError
 from stereodsc.export.graphs import (
     EDGE_INPUTS,
@@ -35,19 +43,36 @@ from stereodsc.export.graphs import (
     export_graph,
     fixed_size_reason,
     host_input_names,
+    latent_names,
     padded_size,
     to_float,
 )
-from stereodsc.export.parity import ParityResult, SamplePair, check_quality, default_samples, summarise
+from stereodsc.export.parity import (
+    ParityResult,
+    SamplePair,
+    check_quality,
+    combine_scale_path,
+    default_samples,
+    fit,
+    summarise,
+)
+from stereodsc.export.scale_path_export import scale_path_from_torch
 from stereodsc.models import CompressionModel, EntropyBottleneck
+from stereodsc.models.entropy_models import GaussianConditional
+from stereodsc.models.priors import ScaleHyperprior
 from stereodsc.train.checkpoint import model_from_checkpoint
 
 DEFAULT_SIZES: tuple[tuple[int, int], ...] = ((128, 256), (375, 1242))
 """Image sizes every bundle is checked at: the paper protocol and KITTI's native frame (padded
 to 384x1248 by a stride-16 codec). Fixed-size graphs are exported for exactly these sizes."""
-LATENTS = ("y",)  # transmitted latents of the factorized models, in wire-segment order
 MAX_PSNR_DELTA_DB = 0.1  # a larger host difference means a broken graph, not float round-off
 MAX_QUALITIES = 256  # the wire frame's quality field is one byte
+SCALE_PATH_WEIGHT_BITS = 16
+SCALE_PATH_HEADROOM_BITS = 4
+SCALE_PATH_NOTE_RATE = 1e-3  # integer scale path costing more rate than this on the samples: a note
+MAX_SCALE_PATH_RATE = 0.02  # ... more than this: the quantised h_s is broken, the export fails
+TABLE_FILES = {"y": "tables.npz", "z": "tables_z.npz"}  # per quality
+SCALE_PATH_FILE = "scale_path.npz"
 
 
 class ParityError(StereoDSCError):
@@ -70,13 +95,21 @@ class ExportReport:
         lines = [f"bundle {self.bundle} (id {self.bundle_id[:16]}), exported in {self.seconds:.1f} s"]
         lines += [f"  {role}: {model}, {self.qualities[role]} qualities" for role, model in self.codecs.items()]
         for r in self.parity:
+            per_latent = ""
+            if len(r.latents) > 1:
+                per_latent = " [" + ", ".join(f"{lat.name} {lat.mismatches}/{lat.symbols}" for lat in r.latents) + "]"
             lines.append(
                 f"  {r.role} q{r.quality} {r.size[0]}x{r.size[1]} sample {r.sample}: symbols "
-                f"{r.symbol_mismatches}/{r.symbols} differ ({r.boundary_flips} rounding-boundary flips, "
-                f"max |d| {r.max_symbol_delta}); host max |d| "
+                f"{r.symbol_mismatches}/{r.symbols} differ{per_latent} ({r.boundary_flips} rounding-boundary "
+                f"flips, max |d| {r.max_symbol_delta}); host max |d| "
                 f"{r.host_max_abs_diff} levels, PSNR {r.psnr_onnx:.2f} dB "
                 f"(onnx - torch {r.psnr_delta:+.4f} dB)"
             )
+            if r.scale_path is not None:
+                lines.append(
+                    f"    integer scale path: {100 * r.scale_path.agreement:.3f}% of {r.scale_path.elements} y rows "
+                    f"equal the float h_s's, rate {100 * r.scale_path.rate_increase:+.4f}%"
+                )
         if not self.parity:
             lines.append("  parity not checked (no sample images)")
         lines += [f"  note: {n}" for n in self.notes]
@@ -89,7 +122,11 @@ class _Point:
     model: CompressionModel
     ckpt: dict[str, Any]
     lmbda: float
-    bottleneck: EntropyBottleneck  # y's factorized entropy model: its pmfs become the tables
+    entropy_models: dict[str, EntropyBottleneck | GaussianConditional]  # latent -> model whose pmfs become tables
+
+    @property
+    def hyperprior(self) -> ScaleHyperprior | None:
+        return self.model.prior if isinstance(self.model.prior, ScaleHyperprior) else None
 
 
 def _load(path: Path) -> _Point:
@@ -102,15 +139,19 @@ def _load(path: Path) -> _Point:
             f"{path}: no train_config.train.lmbda ({e!r}); export needs checkpoints written by stereodsc train"
         ) from e
     models = model.entropy_models()
-    if set(models) != set(LATENTS) or not all(isinstance(m, EntropyBottleneck) for m in models.values()):
+    kinds = {name: type(m).__name__ for name, m in models.items()}
+    expected = (
+        {"z": "EntropyBottleneck", "y": "GaussianConditional"}
+        if isinstance(model.prior, ScaleHyperprior)
+        else {"y": "EntropyBottleneck"}
+    )
+    if set(models) != set(latent_names(model)) or kinds != expected:
         raise ConfigError(
-            f"{path}: {model.name} codes {sorted(models)} with a scale hyperprior; hyperprior export needs "
-            "the integer scale path (not implemented yet): use a factorized model "
-            "(balle2017, ndic/ndic_cam with backbone='balle2017', dsin)"
+            f"{path}: {model.name} codes its latents with {kinds}; export knows the factorized prior "
+            "(y: EntropyBottleneck) and the scale hyperprior (z: EntropyBottleneck, y: GaussianConditional)"
         )
-    bottleneck = models["y"]
-    assert isinstance(bottleneck, EntropyBottleneck)
-    return _Point(path, model, ckpt, lmbda, bottleneck)
+    entropy = {name: m for name, m in models.items() if isinstance(m, EntropyBottleneck | GaussianConditional)}
+    return _Point(path, model, ckpt, lmbda, entropy)
 
 
 def _group(points: list[_Point]) -> dict[str, list[_Point]]:
@@ -157,19 +198,36 @@ def _padded_sizes(model: CompressionModel, sizes: Sequence[tuple[int, int]]) -> 
     return padded
 
 
-def _io_spec(model: CompressionModel, channels: int, s: int) -> dict[str, Any]:
-    """Names, dtypes and shapes of both graphs' inputs and outputs (latent stride `s`), for the manifest."""
+def _io_spec(model: CompressionModel, latents: list[dict[str, Any]]) -> dict[str, Any]:
+    """Names, dtypes and shapes of both graphs' inputs and outputs, for the manifest."""
     image = {"dtype": "uint8", "shape": [1, "H", "W", 3]}
-    latent = {"dtype": "int32", "shape": [1, channels, f"H/{s}", f"W/{s}"]}
-    host_inputs = {name: image if name == SIDE_INPUT else latent for name in host_input_names(model)}
+    specs = {
+        lat["name"]: {"dtype": "int32", "shape": [1, lat["channels"], f"H/{lat['stride']}", f"W/{lat['stride']}"]}
+        for lat in latents
+    }
+    host_inputs = {name: image if name == SIDE_INPUT else specs[name] for name in host_input_names(model)}
     return {
-        "edge": {"inputs": {EDGE_INPUTS[0]: image}, "outputs": {name: latent for name in LATENTS}},
+        "edge": {"inputs": {EDGE_INPUTS[0]: image}, "outputs": specs},
         "host": {"inputs": host_inputs, "outputs": {HOST_OUTPUTS[0]: image}},
     }
 
 
+def _latent_entries(model: CompressionModel, size: tuple[int, int]) -> list[dict[str, Any]]:
+    """The manifest's latents (segment order): name, channels, stride; y of a hyperprior is conditioned on z."""
+    with torch.no_grad():
+        latents = model.analysis(to_float(_example(model, size)[0]))
+    entries = []
+    for name in latent_names(model):
+        t = latents[name]
+        entry: dict[str, Any] = {"name": name, "channels": int(t.shape[1]), "stride": size[0] // int(t.shape[2])}
+        if name == "y" and isinstance(model.prior, ScaleHyperprior):
+            entry["conditioned_on"] = "z"
+        entries.append(entry)
+    return entries
+
+
 def _example(model: CompressionModel, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A deterministic example image and the symbols it gives (the export traces at these)."""
+    """A deterministic example image and the y symbols it gives (the export traces at these)."""
     gen = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (1, *size, 3), dtype=torch.uint8, generator=gen)
     with torch.no_grad():
@@ -183,7 +241,8 @@ def _graph(
     """(module, example args, input names, output names) of the edge or host graph."""
     image, y = _example(model, size)
     if part == "edge":
-        return EdgeGraph(model, LATENTS), (image,), EDGE_INPUTS, LATENTS
+        names = latent_names(model)
+        return EdgeGraph(model, names), (image,), EDGE_INPUTS, names
     names = host_input_names(model)
     return HostGraph(model), (y, image)[: len(names)], names, HOST_OUTPUTS
 
@@ -199,8 +258,12 @@ def _export_graphs(
         for size in padded[:1] if dynamic else padded:
             key = ANY_SIZE if dynamic else size_key(*size)
             name = f"{part}.onnx" if dynamic else f"{part}_{key}.onnx"
+            if dynamic:  # torch.export specialises dims of size 1: trace where every latent dim is >= 2
+                size = (max(size[0], 2 * model.stride), max(size[1], 2 * model.stride))
             module, args, inputs, outputs = _graph(model, part, size)
-            export_graph(module, args, folder / rel / name, inputs, outputs, opset, model.stride if dynamic else None)
+            y_stride = size[0] // int(args[0].shape[2]) if part == "host" else None
+            stride = model.stride if dynamic else None
+            export_graph(module, args, folder / rel / name, inputs, outputs, opset, stride, y_stride)
             files[key] = f"{rel}/{name}"
         parts[part] = files
     return parts
@@ -276,8 +339,13 @@ def export_bundle(
                 rel = f"{role}/q{q}"
                 (folder / rel).mkdir(parents=True)
                 graphs = _export_graphs(point.model, folder, rel, padded, opset)
-                pmf, offset = point.bottleneck.symbol_pmfs()
-                (folder / rel / "tables.npz").write_bytes(build_tables(pmf, offset).to_npz_bytes())
+                tables: dict[str, CdfTables] = {}
+                for name, entropy_model in point.entropy_models.items():
+                    tables[name] = _tables(entropy_model)
+                    (folder / rel / TABLE_FILES[name]).write_bytes(tables[name].to_npz_bytes())
+                scale_net, scale_paths = None, {}
+                if point.hyperprior is not None:
+                    scale_net, scale_paths["y"] = _scale_path(point, samples, sizes, folder, rel)
                 _say(
                     progress,
                     f"{role} q{q} ({point.model.name}, lambda {point.lmbda:g}): graphs in "
@@ -289,35 +357,46 @@ def export_bundle(
                         part: {p: folder / (files.get(ANY_SIZE) or files[size_key(*p)]) for p in padded}
                         for part, files in graphs.items()
                     }
-                    results = check_quality(point.model, role, q, paths["edge"], paths["host"], samples, sizes)
+                    results = check_quality(
+                        point.model,
+                        role,
+                        q,
+                        paths["edge"],
+                        paths["host"],
+                        samples,
+                        sizes,
+                        scale_net=scale_net,
+                        y_tables=tables["y"],
+                    )
                     _check(results, allow_boundary_flips)
+                    notes += _scale_path_notes(results)
                     parity += results
                     checked = summarise(results)
                     _say(progress, f"  parity: {checked}")
-                qualities.append(
-                    {
-                        "lmbda": point.lmbda,
-                        "metrics": point.ckpt.get("metrics", {}).get("val", {}),
-                        "checkpoint": {
-                            "file": point.path.name,
-                            "sha256": hashlib.sha256(point.path.read_bytes()).hexdigest(),
-                            "step": int(point.ckpt["step"]),
-                        },
-                        "graphs": graphs,
-                        "tables": {"y": f"{rel}/tables.npz"},
-                        "parity": checked,
-                    }
-                )
-            _, y = _example(model, padded[0])
-            channels, y_stride = int(y.shape[1]), padded[0][0] // int(y.shape[2])
+                quality: dict[str, Any] = {
+                    "lmbda": point.lmbda,
+                    "metrics": point.ckpt.get("metrics", {}).get("val", {}),
+                    "checkpoint": {
+                        "file": point.path.name,
+                        "sha256": hashlib.sha256(point.path.read_bytes()).hexdigest(),
+                        "step": int(point.ckpt["step"]),
+                    },
+                    "graphs": graphs,
+                    "tables": {name: f"{rel}/{TABLE_FILES[name]}" for name in latent_names(point.model)},
+                    "parity": checked,
+                }
+                if scale_paths:
+                    quality["scale_paths"] = scale_paths
+                qualities.append(quality)
+            latents = _latent_entries(model, padded[0])
             codecs[role] = {
                 "model": model.name,
                 "model_config": model.config,
                 "uses_side_info": model.uses_side_info,
                 "stride": model.stride,
-                "latent_channels": channels,
-                "latents": [{"name": "y", "channels": channels, "stride": y_stride}],
-                "io": _io_spec(model, channels, y_stride),
+                "latent_channels": next(lat["channels"] for lat in latents if lat["name"] == "y"),
+                "latents": latents,
+                "io": _io_spec(model, latents),
                 "shapes": {
                     part: "dynamic" if fixed_size_reason(model, part) is None else "fixed" for part in ("edge", "host")
                 },
@@ -342,6 +421,82 @@ def export_bundle(
         time.perf_counter() - t0,
         notes,
     )
+
+
+def _tables(entropy_model: EntropyBottleneck | GaussianConditional) -> CdfTables:
+    """Integer CDF tables of one latent: a row per channel (factorized) or per scale level (Gaussian).
+
+    A Gaussian row k codes only ``-c_k..c_k`` with ``c_k = ceil(scale_k * q)``, q the standard
+    normal's ``1 - tail_mass / 2`` quantile, the rest escapes (CompressAI's per-row lengths). One
+    common range (``symbol_pmfs``'s ±1565) would give every one of its 3131 symbols a frequency of
+    at least 1 in 2**16 in every row: ~5% of the mass, +0.07 bit for every y element, which is 300x
+    the information of an element at the lowest scale. The file keeps one rectangular array either way.
+    """
+    pmf, offset = entropy_model.symbol_pmfs()
+    if isinstance(entropy_model, EntropyBottleneck):
+        return build_tables(pmf, offset)
+    table = entropy_model.scale_table.detach().double().cpu()
+    q = float(-torch.special.ndtri(torch.tensor(entropy_model.tail_mass / 2, dtype=torch.float64)))
+    center = -int(offset[0])
+    half = np.array([min(math.ceil(float(s) * q), center) for s in table], dtype=np.int64)
+    rows = np.zeros_like(pmf)
+    for k, c in enumerate(half.tolist()):
+        rows[k, : 2 * c + 1] = pmf[k, center - c : center + c + 1]
+    return build_tables(rows, (-half).astype(np.int32), pmf_length=2 * half + 1)
+
+
+def _scale_path(
+    point: _Point, samples: Sequence[SamplePair], sizes: Sequence[tuple[int, int]], folder: Path, rel: str
+) -> tuple[IntegerScaleNet, dict[str, Any]]:
+    """Quantise the hyperprior's h_s into the integer scale net, write it; return it and its manifest entry.
+
+    Its activation ranges are calibrated on the z's torch gives for the export's sample images
+    (every sample at every size); without samples a worst-case bound is used instead.
+    """
+    assert point.hyperprior is not None
+    model = point.model
+    zs = []
+    with torch.no_grad():
+        for size in sizes:
+            for x_img, _ in samples:
+                x = torch.from_numpy(fit(x_img, size, model.stride))[None]
+                zs.append(model.analysis(to_float(x))["z"][0].to(torch.int32).numpy())
+    net = scale_path_from_torch(
+        point.hyperprior,
+        weight_bits=SCALE_PATH_WEIGHT_BITS,
+        calibration_z=zs or None,
+        headroom_bits=SCALE_PATH_HEADROOM_BITS,
+    )
+    (folder / rel / SCALE_PATH_FILE).write_bytes(net.to_npz_bytes())
+    entry = {
+        "file": f"{rel}/{SCALE_PATH_FILE}",
+        "conditioned_on": "z",
+        "levels": net.levels,
+        "weight_bits": SCALE_PATH_WEIGHT_BITS,
+        "headroom_bits": SCALE_PATH_HEADROOM_BITS,
+        "calibration": {"latents": len(zs), "source": "export sample images" if zs else "worst-case bound"},
+    }
+    return net, entry
+
+
+def _scale_path_notes(results: Sequence[ParityResult]) -> list[str]:
+    """Refuse a broken integer scale path; note a measurable rate cost."""
+    scale = combine_scale_path(results)
+    if scale is None:
+        return []
+    where = f"{results[0].role} q{results[0].quality}"
+    if scale.rate_increase > MAX_SCALE_PATH_RATE:
+        raise ParityError(
+            f"{where}: the integer scale path costs {100 * scale.rate_increase:+.2f}% rate against the float "
+            f"h_s on the samples ({100 * scale.agreement:.2f}% of y rows equal): its quantisation is broken "
+            "(non-finite or extreme h_s weights?); check the checkpoint"
+        )
+    if scale.rate_increase > SCALE_PATH_NOTE_RATE:
+        return [
+            f"{where}: the integer scale path costs {100 * scale.rate_increase:+.3f}% rate on the samples "
+            f"({100 * scale.agreement:.3f}% of y rows equal the float h_s's)"
+        ]
+    return []
 
 
 def _check(results: Sequence[ParityResult], allow_boundary_flips: bool) -> None:

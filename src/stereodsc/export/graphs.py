@@ -1,10 +1,12 @@
 """The deployed graphs: torch wrappers with the wire-side I/O (uint8 NHWC images, int32 symbols)
 and their ONNX export with torch's default (dynamo) exporter.
 
-Edge: ``image`` uint8 [1, H, W, 3] -> ``y`` int32 [1, M, H/16, W/16]: the conversion to float, the
-analysis transform and the rounding all sit inside the graph, so a camera board feeds camera bytes
-and gets the integers the entropy coder takes. Host: ``y`` int32 (+ ``side`` uint8 [1, H, W, 3])
--> ``image`` uint8 [1, H, W, 3], rounded as ``round(255 clamp(x_hat, 0, 1))``.
+Edge: ``image`` uint8 [1, H, W, 3] -> ``y`` int32 [1, M, H/16, W/16] (a scale-hyperprior model
+also outputs ``z`` int32 [1, N, H/64, W/64], first): the conversion to float, the analysis transform
+and the rounding all sit inside the graph, so a camera board feeds camera bytes and gets the
+integers the entropy coder takes. Host: ``y`` int32 (+ ``side`` uint8 [1, H, W, 3]) -> ``image``
+uint8 [1, H, W, 3], rounded as ``round(255 clamp(x_hat, 0, 1))``. The hyperprior's h_s is in
+neither graph: its table rows come from the bundle's integer scale net (`stereodsc.entropy.scale_path`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.export import Dim
 
 from stereodsc.models import CompressionModel
 from stereodsc.models.dsin import DSIN
+from stereodsc.models.priors import ScaleHyperprior
 from stereodsc.wire import MAX_DIM
 
 EDGE_INPUTS = ("image",)
@@ -73,6 +76,11 @@ def host_input_names(model: CompressionModel) -> tuple[str, ...]:
     return ("y", SIDE_INPUT) if model.uses_side_info else ("y",)
 
 
+def latent_names(model: CompressionModel) -> tuple[str, ...]:
+    """The transmitted latents in wire-segment order: ("z", "y") for a scale hyperprior, else ("y",)."""
+    return ("z", "y") if isinstance(model.prior, ScaleHyperprior) else ("y",)
+
+
 def fixed_size_reason(model: CompressionModel, part: str) -> str | None:
     """Why a graph of this model is exported per padded size instead of once for any size (None: it isn't).
 
@@ -111,10 +119,12 @@ def export_graph(
     output_names: tuple[str, ...],
     opset: int,
     stride: int | None,
+    y_stride: int | None = None,
 ) -> None:
     """Export `module` at the example `args` to one self-contained ONNX file.
 
-    `stride` given: image dims are dynamic multiples of it (latent dims dynamic, tied to them);
+    `stride` given: image dims are dynamic multiples of it, and a "y" input's dims are tied to them
+    (y has `y_stride`, by default `stride`: a hyperprior pads images to 64, y is at 1/16);
     None: the graph runs only at the example's shapes. torch.export runs first, on its own, so a
     graph that cannot take dynamic shapes fails here instead of being traced at one size.
     """
@@ -122,7 +132,9 @@ def export_graph(
     if stride is not None:
         h, w = Dim("h", min=1, max=MAX_DIM // stride), Dim("w", min=1, max=MAX_DIM // stride)
         image_dims = {1: stride * h, 2: stride * w}
-        by_name = {"image": image_dims, SIDE_INPUT: image_dims, "y": {2: h, 3: w}}
+        ratio = stride // (y_stride or stride)
+        y_dims = {2: h, 3: w} if ratio == 1 else {2: ratio * h, 3: ratio * w}
+        by_name = {"image": image_dims, SIDE_INPUT: image_dims, "y": y_dims}
         dynamic_shapes = {name: by_name[name] for name in input_names}
     module.eval()
     with _quiet(), torch.no_grad():
@@ -146,4 +158,19 @@ def export_graph(
             verbose=False,
         )
         assert onnx_program is not None
+        _drop_debug_metadata(onnx_program.model)
         onnx_program.save(path, external_data=False)
+
+
+def _drop_debug_metadata(model: Any) -> None:
+    """Remove the exporter's debug annotations (metadata_props of the model, its graphs, functions and
+    nodes: stack traces with absolute source paths and line numbers, FX node dumps, and a range
+    constraint dict whose order follows Python's per-process string hashing). They made the same
+    model export to different bytes in another process or checkout, hence another bundle id, so a
+    checkpoint exported on the fly on a camera and on a host (`stereodsc.bundle.open_model`) disagreed.
+    """
+    model.metadata_props.clear()
+    for graph in (*model.graphs(), *model.functions.values()):
+        graph.metadata_props.clear()
+        for node in graph.all_nodes():
+            node.metadata_props.clear()

@@ -9,6 +9,10 @@ nothing (the host decodes the symbols the edge coded), so it is counted as a *bo
 difference means the graph computes something else.
 Host: the graph's uint8 output against torch's ``synthesis`` output rounded the same way, both fed
 the edge graph's symbols; reported as max |difference| in 8-bit levels and PSNR difference.
+Scale hyperprior: the edge graph's z is checked like y (z = round(h_a(|g_a(x)|)), boundary flips
+judged on torch's unrounded h_a output), and the integer scale net on the edge's z is compared with
+the float path it replaces (``build_indexes(h_s(z))`` in torch): the fraction of y elements given
+the same table row, and the exact code length of the edge's y under both (`scale_path_parity`).
 """
 
 from __future__ import annotations
@@ -20,12 +24,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import Tensor
 
+from stereodsc.entropy import CdfTables, IntegerScaleNet
 from stereodsc.eval.metrics import psnr
 from stereodsc.eval.preprocess import pad_to_multiple, paper_protocol
-from stereodsc.export.graphs import SIDE_INPUT, host_input_names, padded_size, to_float, to_uint8
+from stereodsc.export.graphs import SIDE_INPUT, host_input_names, latent_names, padded_size, to_float, to_uint8
+from stereodsc.export.scale_path_export import ScalePathParity, scale_path_parity
 from stereodsc.images import read_rgb
 from stereodsc.models import CompressionModel
+from stereodsc.models.priors import ScaleHyperprior
 from stereodsc.runtime import open_session
 
 SamplePair = tuple[np.ndarray, np.ndarray]  # (x, side): uint8 HxWx3, side = the other camera
@@ -33,8 +41,19 @@ BOUNDARY_EPS = 1e-3  # latent units; float32 conv round-off is ~1e-5 at these ma
 
 
 @dataclass(frozen=True)
+class LatentParity:
+    """The edge graph's symbols of one latent against torch's."""
+
+    name: str
+    symbols: int
+    mismatches: int
+    boundary_flips: int
+    max_delta: int
+
+
+@dataclass(frozen=True)
 class ParityResult:
-    """One graph pair on one sample image at one padded size."""
+    """One graph pair on one sample image at one padded size (symbol counts over every latent)."""
 
     role: str
     quality: int
@@ -47,6 +66,8 @@ class ParityResult:
     host_max_abs_diff: int  # 8-bit levels
     psnr_onnx: float  # dB, against the (padded) sample image
     psnr_torch: float
+    latents: tuple[LatentParity, ...] = ()  # per transmitted latent, in segment order
+    scale_path: ScalePathParity | None = None  # hyperprior: integer vs float table rows of y
 
     @property
     def psnr_delta(self) -> float:
@@ -78,6 +99,27 @@ def _tensor(image: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(image))[None]
 
 
+def unrounded_latents(model: CompressionModel, x: Tensor) -> dict[str, Tensor]:
+    """Every transmitted latent before rounding (``model.analysis`` rounds these)."""
+    y = model.g_a(x)
+    out = {"y": y}
+    if isinstance(model.prior, ScaleHyperprior):
+        out["z"] = model.prior.h_a(torch.abs(y))
+    return out
+
+
+def _latent_parity(name: str, edge: np.ndarray, reference: np.ndarray, latent: np.ndarray) -> LatentParity:
+    delta = np.abs(edge.astype(np.int64) - reference)
+    at_boundary = np.abs(np.abs(latent - np.floor(latent)) - 0.5) <= BOUNDARY_EPS
+    return LatentParity(
+        name,
+        int(edge.size),
+        int(np.count_nonzero(delta)),
+        int(np.count_nonzero((delta == 1) & at_boundary)),
+        int(delta.max(initial=0)),
+    )
+
+
 @torch.no_grad()
 def check_quality(
     model: CompressionModel,
@@ -87,8 +129,19 @@ def check_quality(
     host_paths: dict[tuple[int, int], Path],
     samples: Sequence[SamplePair],
     sizes: Sequence[tuple[int, int]],
+    *,
+    scale_net: IntegerScaleNet | None = None,
+    y_tables: CdfTables | None = None,
 ) -> list[ParityResult]:
-    """Run both graphs and the torch model on every sample at every image size (padded per graph)."""
+    """Run both graphs and the torch model on every sample at every image size (padded per graph).
+
+    A scale-hyperprior model needs `scale_net` (the bundle's) and `y_tables` (y's integer tables,
+    for the rate of each path).
+    """
+    hyperprior = model.prior if isinstance(model.prior, ScaleHyperprior) else None
+    if hyperprior is not None and (scale_net is None or y_tables is None):
+        raise ValueError(f"{model.name} has a scale hyperprior: pass its scale_net and y_tables")
+    names = latent_names(model)
     results = []
     for size in sizes:
         padded = padded_size(size, model.stride)
@@ -96,11 +149,23 @@ def check_quality(
         host = open_session(host_paths[padded])
         for i, (x_img, side_img) in enumerate(samples):
             x = fit(x_img, size, model.stride)
-            symbols = edge.run({"image": x[None]})["y"]
-            reference = model.analysis(to_float(_tensor(x)))["y"].to(torch.int32).numpy()
-            latent = model.g_a(to_float(_tensor(x))).numpy()  # y before rounding (symbols = round(y))
-            delta = np.abs(symbols.astype(np.int64) - reference)
-            at_boundary = np.abs(np.abs(latent - np.floor(latent)) - 0.5) <= BOUNDARY_EPS
+            outputs = edge.run({"image": x[None]})
+            reference = model.analysis(to_float(_tensor(x)))
+            unrounded = unrounded_latents(model, to_float(_tensor(x)))  # symbols = round(these)
+            latents = tuple(
+                _latent_parity(
+                    name,
+                    outputs[name],
+                    reference[name].to(torch.int32).numpy(),
+                    unrounded[name].numpy(),
+                )
+                for name in names
+            )
+            symbols = outputs["y"]
+            scale_path = None
+            if hyperprior is not None:
+                assert scale_net is not None and y_tables is not None
+                scale_path = scale_path_parity(hyperprior, scale_net, [outputs["z"][0]], [symbols[0]], y_tables)
             feed = {"y": symbols}
             side = None
             if model.uses_side_info:
@@ -116,21 +181,39 @@ def check_quality(
                     quality,
                     padded,
                     i,
-                    int(symbols.size),
-                    int(np.count_nonzero(delta)),
-                    int(np.count_nonzero((delta == 1) & at_boundary)),
-                    int(delta.max(initial=0)),
+                    sum(lat.symbols for lat in latents),
+                    sum(lat.mismatches for lat in latents),
+                    sum(lat.boundary_flips for lat in latents),
+                    max(lat.max_delta for lat in latents),
                     int(np.abs(out_onnx.astype(np.int16) - out_torch).max(initial=0)),
                     psnr(x, out_onnx),
                     psnr(x, out_torch),
+                    latents,
+                    scale_path,
                 )
             )
     return results
 
 
+def combine_scale_path(results: Sequence[ParityResult]) -> ScalePathParity | None:
+    """The scale-path comparison over all results (None for factorized models)."""
+    parts = [r.scale_path for r in results if r.scale_path is not None]
+    if not parts:
+        return None
+    elements = sum(p.elements for p in parts)
+    same = sum(round(p.agreement * p.elements) for p in parts)
+    return ScalePathParity(
+        elements, same / elements, sum(p.bits_float for p in parts), sum(p.bits_integer for p in parts)
+    )
+
+
 def summarise(results: Sequence[ParityResult]) -> dict[str, object]:
-    """The manifest's per-quality parity record (rounded so that re-exports give the same bytes)."""
-    return {
+    """The manifest's per-quality parity record (rounded so that re-exports give the same bytes).
+
+    Symbol counts are over every latent; a codec with several latents also gets them per latent
+    ("latents"), and a hyperprior the integer-vs-float scale path comparison ("scale_path").
+    """
+    record: dict[str, object] = {
         "sizes": sorted({f"{r.size[0]}x{r.size[1]}" for r in results}),
         "samples": len({r.sample for r in results}),
         "symbols": sum(r.symbols for r in results),
@@ -140,3 +223,26 @@ def summarise(results: Sequence[ParityResult]) -> dict[str, object]:
         "psnr_delta_db_max": round(max(abs(r.psnr_delta) for r in results), 4),
         "psnr_onnx_db_mean": round(float(np.mean([r.psnr_onnx for r in results])), 3),
     }
+    names = [lat.name for lat in results[0].latents] if results else []
+    if len(names) > 1:
+        record["latents"] = {
+            name: {
+                key: sum(getattr(lat, attr) for r in results for lat in r.latents if lat.name == name)
+                for key, attr in (
+                    ("symbols", "symbols"),
+                    ("symbol_mismatches", "mismatches"),
+                    ("boundary_flips", "boundary_flips"),
+                )
+            }
+            for name in names
+        }
+    scale = combine_scale_path(results)
+    if scale is not None:
+        record["scale_path"] = {
+            "elements": scale.elements,
+            "index_agreement": round(scale.agreement, 6),
+            "bits_float": round(scale.bits_float, 1),
+            "bits_integer": round(scale.bits_integer, 1),
+            "rate_increase": float(f"{scale.rate_increase:.3e}"),
+        }
+    return record

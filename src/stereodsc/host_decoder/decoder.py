@@ -1,5 +1,9 @@
 """Host-side codec: wire frame -> rANS decode -> host ONNX graph (+ side image) -> uint8 image.
 
+Latents are decoded in segment order; a scale-hyperprior codec's y is decoded with the table rows
+the bundle's integer scale net computes from the z decoded just before (never a float h_s), so the
+rows are the ones the camera encoded with, whatever hardware either side runs on.
+
 No torch. Every way a received frame can fail to decode (foreign bundle, unknown role or quality,
 impossible size, corrupt payload, unusable side image) raises a `BitstreamError` subclass, so the
 host service counts and drops the frame instead of crashing.
@@ -7,7 +11,8 @@ host service counts and drops the frame instead of crashing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,13 +23,12 @@ from stereodsc.bundle import (
     MAX_PIXELS,
     Bundle,
     Codec,
+    Coding,
     GraphSessions,
     QualityPoint,
     check_rgb,
-    latent_indexes,
     open_model,
 )
-from stereodsc.entropy import CdfTables
 from stereodsc.errors import BitstreamError, BundleError, ConfigError, DataError
 from stereodsc.eval.preprocess import crop, pad_to_multiple
 from stereodsc.wire import BundleMismatchError, Frame, unpack
@@ -47,6 +51,7 @@ class Decoded:
     image: np.ndarray  # uint8 HxWx3, the frame's original size
     symbols: np.ndarray  # int32 [M, h, w]: the decoded y symbols
     side_info_used: bool  # False for reference frames and for dependents decoded with the grey side
+    latents: Mapping[str, np.ndarray] = field(default_factory=dict)  # every decoded latent (z too), int32 [C, h, w]
 
 
 class HostDecoder:
@@ -59,7 +64,7 @@ class HostDecoder:
         self.bundle = bundle
         self.max_pixels = max_pixels
         self._sessions = GraphSessions(bundle, backend, threads)
-        self._tables: dict[tuple[str, int], dict[str, CdfTables]] = {}
+        self._coding: dict[tuple[str, int], Coding] = {}
 
     def codec_for(self, frame: Frame) -> Codec:
         """The codec that decodes `frame`: reference frames -> "intra", dependent -> "side_info"."""
@@ -69,15 +74,15 @@ class HostDecoder:
         except BundleError as e:
             raise UndecodableFrameError(f"{frame.role.name} frame: {e}") from None
 
-    def _point(self, codec: Codec, frame: Frame) -> tuple[QualityPoint, dict[str, CdfTables]]:
+    def _point(self, codec: Codec, frame: Frame) -> tuple[QualityPoint, Coding]:
         try:
             point = codec.quality(frame.quality)
         except BundleError as e:
             raise UndecodableFrameError(f"{frame.role.name} frame: {e}; the camera runs another bundle?") from None
         key = (codec.role, frame.quality)
-        if key not in self._tables:
-            self._tables[key] = point.load_tables()
-        return point, self._tables[key]
+        if key not in self._coding:
+            self._coding[key] = codec.load_coding(point)
+        return point, self._coding[key]
 
     def decode(self, frame: Frame, side: np.ndarray | None = None) -> Decoded:
         """Decode `frame`; `side` is the decoded reference image (same size) for dependent frames.
@@ -91,7 +96,7 @@ class HostDecoder:
                 f"{self.bundle.id[:16]}...: deploy the same bundle on the camera and the host"
             )
         codec = self.codec_for(frame)
-        point, tables = self._point(codec, frame)
+        point, coding = self._point(codec, frame)
         if side is not None and not codec.uses_side_info:
             raise ConfigError(
                 f"{frame.role.name} frames ({codec.model}, {codec.role}) decode without side information: "
@@ -115,10 +120,12 @@ class HostDecoder:
                 f"frame has {len(frame.segments)} payload segments, the {codec.role} codec sends "
                 f"{len(shapes)} ({', '.join(shapes)})"
             )
-        inputs = {
-            name: entropy.decode(segment, latent_indexes(shape), tables[name])[None]
-            for (name, shape), segment in zip(shapes.items(), frame.segments, strict=True)
-        }
+        latents: dict[str, np.ndarray] = {}
+        for latent, segment in zip(codec.latents, frame.segments, strict=True):
+            shape = shapes[latent.name]
+            rows = coding.rows(latent, shape, latents)  # the scale net reads the z decoded just before
+            latents[latent.name] = entropy.decode(segment, rows, coding.tables[latent.name])
+        inputs = {"y": latents["y"][None]}  # the host graph reads y (+ side); z only chose y's rows
         if codec.uses_side_info:
             inputs["side"] = self._side(side, frame, codec)[None]
         image = self._sessions.run(host, inputs)["image"]
@@ -129,8 +136,9 @@ class HostDecoder:
             )
         return Decoded(
             crop(image[0], (frame.height, frame.width)),
-            inputs["y"][0],
+            latents["y"],
             codec.uses_side_info and side is not None,
+            latents,
         )
 
     @staticmethod

@@ -48,7 +48,8 @@ def main() -> None:
     fig.savefig(args.out.with_suffix(".png"), dpi=110)
     common = sorted(set.intersection(*(set(c["step"]) for c in curves.values())))
     print(f"{'step':>6}" + "".join(f"{name:>28}" for name in curves))
-    for step in common[len(common) % 4 - 1 :: max(1, len(common) // 8)] if common else []:
+    shown = common[:: max(1, len(common) // 8)] + common[-1:]
+    for step in sorted(set(shown)):
         cells = []
         for c in curves.values():
             j = c["step"].index(step)

@@ -100,7 +100,7 @@ def cmd_host(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from stereodsc.demo import run_demo
 
-    return run_demo(out=Path(args.out), frames=args.frames)
+    return run_demo(out=Path(args.out), frames=args.frames, quality=args.quality)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -340,6 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         "saved and latency. Writes decoded frames, a side-by-side image and demo_report.json.",
     )
     d.add_argument("--out", default="runs/demo", help="folder for checkpoints and metrics (default runs/demo)")
+    d.add_argument("--quality", type=int, help="quality index for both cameras (default: the middle one)")
     d.add_argument("--frames", type=int, default=12, help="frames per camera (default 12, the whole sample)")
     d.set_defaults(func=cmd_demo)
     return p

@@ -208,7 +208,7 @@ def print_report(report: dict[str, Any], trained_here: bool) -> None:
         )
 
 
-def run_demo(out: Path, frames: int = 12) -> int:
+def run_demo(out: Path, frames: int = 12, quality: int | None = None) -> int:
     from stereodsc.bundles import default_bundle
     from stereodsc.errors import ConfigError
 
@@ -219,12 +219,15 @@ def run_demo(out: Path, frames: int = 12) -> int:
         print("no bundle ships with this install: training two tiny codecs on the bundled sample first")
         bundle_path, trained_here = train_tiny_bundle(out), True
     bundle = load_bundle(bundle_path)
+    if quality is None:  # the middle rate point: the intra curve then brackets the dependent camera's rate
+        quality = len(bundle.codec("side_info").qualities) // 2
     print(
         f"stereodsc demo: host + 2 camera nodes on loopback, bundle {bundle.id[:16]} "
         f"({bundle.codec('intra').model} for the reference camera, {bundle.codec('side_info').model} with side "
-        f"information for the dependent camera), {frames} frames of the bundled KITTI sample at 10 fps"
+        f"information for the dependent camera), quality {quality}, {frames} frames of the bundled KITTI "
+        "sample at 10 fps"
     )
-    run = run_pipeline(bundle_path, out / "pipeline", frames=frames, fps=10.0)
+    run = run_pipeline(bundle_path, out / "pipeline", frames=frames, fps=10.0, quality=quality)
     report = pipeline_report(run, bundle)
     (out / "demo_report.json").write_text(json.dumps(report, indent=2))
     print_report(report, trained_here)

@@ -28,6 +28,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+from machine import cpu_model
 from stereodsc.entropy import CdfTables, build_tables, channel_indexes, decode, encode, ideal_bits
 
 SHAPE = (96, 80, 128)
@@ -43,16 +44,6 @@ def laplace_tables(scales: np.ndarray) -> CdfTables:
         return np.where(t < 0, 0.5 * np.exp(np.minimum(t, 0) / b), 1 - 0.5 * np.exp(-np.maximum(t, 0) / b))
 
     return build_tables(cdf(x + 0.5) - cdf(x - 0.5), np.full(scales.size, -HALF), precision=16)
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, float]:

@@ -61,6 +61,7 @@ import numpy as np
 
 import stereodsc.edge_encoder.encoder as encoder_module
 import stereodsc.host_decoder.decoder as decoder_module
+from machine import cpu_model
 from stereodsc import entropy
 from stereodsc.bundle import Bundle, load_bundle
 from stereodsc.edge_encoder.encoder import EdgeEncoder, Encoded
@@ -84,14 +85,6 @@ SEND_GAP_S = 0.002
 
 
 # ---- helpers -----------------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def load1() -> float:

@@ -19,20 +19,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from machine import cpu_model
 from stereodsc.calibration import Rectifier, StereoRig, rectified_rig
 
 SIZES = [(640, 480), (1242, 375)]
 WARMUP = 10
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _rig(size: tuple[int, int]) -> StereoRig:
@@ -83,7 +74,7 @@ def main() -> None:
     cv2.setNumThreads(default_threads)
     machine = {
         "platform": platform.platform(),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "load_avg_1min": os.getloadavg()[0],  # other users of a shared machine inflate the p90

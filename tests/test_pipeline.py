@@ -210,3 +210,21 @@ def test_camera_and_host_modules_never_import_torch() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("build", "raw", "match"),
+    [
+        ("edge", {"camera": {"role": "left"}}, r"role = 'left'; choose 'reference' or 'dependent'"),
+        ("edge", {"camera": {"fps": "fast"}}, r"\[camera\] fps = 'fast' should be a float"),
+        ("edge", {"cam": {}}, r"unknown section\(s\) \['cam'\]"),
+        ("host", {"pairing": {"policy": "maybe"}}, r"policy = 'maybe'; choose one of"),
+        ("host", {"host": {"endpiont": "tcp://*:1"}}, r"unknown key\(s\) \['endpiont'\] in \[host\]"),
+    ],
+)
+def test_bad_service_configs_name_the_key(build: str, raw: dict, match: str) -> None:
+    from stereodsc.edge_encoder.daemon import edge_config_from_dict
+    from stereodsc.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        (edge_config_from_dict if build == "edge" else host_config_from_dict)(raw, "x.toml")

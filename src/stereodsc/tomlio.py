@@ -75,3 +75,12 @@ def dump_toml(tables: dict[str, dict[str, Any]]) -> str:
         lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
         lines.append("")
     return "\n".join(lines)
+
+
+def sections(raw: dict[str, Any], schema: dict[str, type], source: str) -> dict[str, Any]:
+    """Build every table of a config file with `section`; an unknown table is a ConfigError."""
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        valid = ", ".join(f"[{name}]" for name in schema)
+        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid sections: {valid}")
+    return {name: section(cls, raw.get(name, {}), name, source) for name, cls in schema.items()}

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stereodsc.errors import ConfigError
-from stereodsc.tomlio import load_toml, section
+from stereodsc.tomlio import load_toml, sections
 from stereodsc.wire import Role
 
 log = logging.getLogger("stereodsc.edge")
@@ -70,15 +70,8 @@ class EdgeConfig:
 
 
 def edge_config_from_dict(raw: dict[str, Any], source: str = "<edge config>") -> EdgeConfig:
-    unknown = sorted(set(raw) - {"camera", "codec", "link", "log"})
-    if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: [camera], [codec], [link], [log]")
-    cfg = EdgeConfig(
-        camera=section(CameraSection, raw.get("camera", {}), "camera", source),
-        codec=section(CodecSection, raw.get("codec", {}), "codec", source),
-        link=section(LinkSection, raw.get("link", {}), "link", source),
-        log=section(LogSection, raw.get("log", {}), "log", source),
-    )
+    schema = {"camera": CameraSection, "codec": CodecSection, "link": LinkSection, "log": LogSection}
+    cfg = EdgeConfig(**sections(raw, schema, source))
     if cfg.camera.role not in ROLES:
         raise ConfigError(f"{source}: [camera] role = {cfg.camera.role!r}; choose 'reference' or 'dependent'")
     return cfg

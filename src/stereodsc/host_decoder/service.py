@@ -32,7 +32,7 @@ from stereodsc.host_decoder.pairing import (
     PairingPolicy,
     ReleaseReference,
 )
-from stereodsc.tomlio import load_toml, section
+from stereodsc.tomlio import load_toml, sections
 from stereodsc.wire import Frame, Role, seq_delta, unpack
 
 log = logging.getLogger("stereodsc.host")
@@ -76,14 +76,7 @@ class HostConfig:
 
 
 def host_config_from_dict(raw: dict[str, Any], source: str = "<host config>") -> HostConfig:
-    unknown = sorted(set(raw) - {"host", "pairing", "sinks"})
-    if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid: [host], [pairing], [sinks]")
-    cfg = HostConfig(
-        host=section(HostSection, raw.get("host", {}), "host", source),
-        pairing=section(PairingSection, raw.get("pairing", {}), "pairing", source),
-        sinks=section(SinkSection, raw.get("sinks", {}), "sinks", source),
-    )
+    cfg = HostConfig(**sections(raw, {"host": HostSection, "pairing": PairingSection, "sinks": SinkSection}, source))
     policies = [p.value for p in PairingPolicy]
     if cfg.pairing.policy not in policies:
         raise ConfigError(f"{source}: [pairing] policy = {cfg.pairing.policy!r}; choose one of {policies}")

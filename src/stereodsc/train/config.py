@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from stereodsc.errors import ConfigError
-from stereodsc.tomlio import load_toml, section
+from stereodsc.tomlio import load_toml, sections
 
 from .datasets import DATASET_KINDS
 
@@ -70,15 +70,8 @@ class TrainConfig:
 
 def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> TrainConfig:
     """Build and validate a config; every error names the key and the fix."""
-    unknown = sorted(set(raw) - {"model", "data", "train"})
-    if unknown:
-        raise ConfigError(f"{source}: unknown section(s) {unknown}; valid sections: [model], [data], [train]")
-    cfg = TrainConfig(
-        model=section(ModelSection, raw.get("model", {}), "model", source),
-        data=section(DataSection, raw.get("data", {}), "data", source),
-        train=section(TrainSection, raw.get("train", {}), "train", source),
-        source=source,
-    )
+    schema = {"model": ModelSection, "data": DataSection, "train": TrainSection}
+    cfg = TrainConfig(**sections(raw, schema, source), source=source)
     validate(cfg)
     return cfg
 

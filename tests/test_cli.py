@@ -9,7 +9,7 @@ import pytest
 from stereodsc.cli import build_parser, main
 from tiny_models import bundle_dir
 
-COMMANDS = ("train", "calibrate", "edge", "host", "export", "encode", "decode", "eval", "demo")
+COMMANDS = ("train", "calibrate", "edge", "host", "export", "encode", "decode", "eval", "keys", "demo")
 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -45,3 +45,9 @@ def test_encode_decode_round_trip_and_clear_errors(
     assert out.is_file()
     assert main(["train", "--config", str(tmp_path / "missing.toml")]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_keys_new_writes_a_pair(tmp_path: Path) -> None:
+    assert main(["keys", "new", "cam1", "--dir", str(tmp_path)]) == 0
+    assert (tmp_path / "cam1.key").is_file() and (tmp_path / "cam1.key_secret").is_file()
+    assert main(["keys", "new", "cam1", "--dir", str(tmp_path)]) == 2  # never overwrites a key

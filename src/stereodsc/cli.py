@@ -23,6 +23,7 @@ examples:
   stereodsc calibrate --left 'cal/left*.jpg' --right 'cal/right*.jpg' --board 9x6 --square 0.025 -o rig.toml
   stereodsc calibrate --check rig.toml --left L.png --right R.png -o check.png
   stereodsc calibrate --import-kitti calib_cam_to_cam.txt -o rig.toml
+  stereodsc keys new cam1 --dir keys               a CURVE key pair for an authenticated camera link
 
 every command has its own --help.
 """
@@ -153,6 +154,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
         side=args.side,
     )
     print(f"results: {results}  (BD-rate table: {results.parent / 'bd_rate.md'}; plots: rd_psnr.png, rd_ms_ssim.png)")
+    return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    from stereodsc.security import new_keypair
+
+    public, secret = new_keypair(args.name, args.dir)
+    print(
+        f"public key: {public}  (copy it: a camera's goes into the host's [security] allowed_keys folder, the "
+        f"host's to every camera as [security] server_public)"
+    )
+    print(f"secret key: {secret}  (keep it on this machine only: [security] secret / server_secret)")
     return 0
 
 
@@ -331,6 +344,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", required=True, type=Path, help="output folder")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(func=cmd_eval)
+
+    k = sub.add_parser(
+        "keys",
+        help="create CURVE key pairs for authenticated, encrypted camera links",
+        description="Create a CURVE key pair (NAME.key public, NAME.key_secret private) with ZeroMQ's tools. "
+        "The host only accepts cameras whose public key is in its allowed_keys folder.",
+    )
+    k.add_argument("action", choices=("new",), help="new: create a key pair")
+    k.add_argument("name", help="file name of the pair, e.g. the camera's name or 'host'")
+    k.add_argument("--dir", default="keys", help="folder to write into (default keys/)")
+    k.set_defaults(func=cmd_keys)
 
     d = sub.add_parser(
         "demo",

@@ -107,9 +107,10 @@ def edge_config(
     path: str = "",
     loop: bool = False,
     backend: str = "cpu",
+    extra: dict[str, dict[str, Any]] | None = None,
 ) -> Path:
     """Write one camera node's config (frame log edge<id>_frames.jsonl in `folder`) and return its path."""
-    cfg = {
+    cfg: dict[str, dict[str, Any]] = {
         "camera": {
             "rig_id": 1,
             "camera_id": cam.camera_id,
@@ -125,6 +126,8 @@ def edge_config(
         "link": {"endpoint": f"tcp://127.0.0.1:{port}", "wait_for_host_s": 60.0},
         "log": {"stats_every_s": 5.0, "frame_log": str(folder / f"edge{cam.camera_id}_frames.jsonl")},
     }
+    for name, table in (extra or {}).items():
+        cfg.setdefault(name, {}).update(table)
     (folder / f"edge{cam.camera_id}_frames.jsonl").unlink(missing_ok=True)
     cfg_path = folder / f"edge{cam.camera_id}.toml"
     cfg_path.write_text(dump_toml(cfg))
@@ -169,9 +172,11 @@ def run_pipeline(
     backend: str = "cpu",
     timeout_s: float = 300.0,
     host_extra: dict[str, dict[str, Any]] | None = None,
+    edge_extra: dict[int, dict[str, dict[str, Any]]] | None = None,
 ) -> PipelineRun:
     """Start a host and one camera node per `cameras` on loopback, stream `frames` frames from each,
-    wait for the host to drain, and collect what everybody logged."""
+    wait for the host to drain, and collect what everybody logged. `host_extra` and `edge_extra`
+    (camera id -> tables) add or override config keys, e.g. ``[security]``."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
     host = spawn("host", host_config(folder, port, bundle, policy=policy, backend=backend, extra=host_extra))
@@ -189,6 +194,7 @@ def run_pipeline(
                 source=source,
                 path=path,
                 backend=backend,
+                extra=(edge_extra or {}).get(cam.camera_id),
             )
             edges.append((spawn("edge", cfg), cfg.with_suffix(".log")))
         deadline = time.monotonic() + timeout_s

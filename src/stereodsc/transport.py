@@ -35,19 +35,29 @@ Decoded frames leave the host on a PUB socket (`DecodedPublisher`): PUB never bl
 messages for a subscriber whose queue is full, which is what a live viewer wants.
 
 Nothing here pickles: the wire format is `stereodsc.wire`. Sockets are not thread-safe: use each
-object from one thread. CURVE authentication will come as further keyword-only options.
+object from one thread.
+
+CURVE (``curve=`` on `FrameSender` / `FrameReceiver`, keys from `stereodsc.security`): the link is
+encrypted and the host lets in only cameras whose public key is in its allow-list. The check is ZAP,
+answered by a `zmq.auth.thread.ThreadAuthenticator` on the receiver's context (one per context:
+give each CURVE receiver its own). A refused camera's key is recorded by the authenticator and read
+with `FrameReceiver.refused_keys`; the camera's frames never reach the application. A camera that
+speaks plain or holds the wrong host key fails the handshake before ZAP and is not reported.
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
 
 import zmq
+from zmq.auth.thread import ThreadAuthenticator
 
 from stereodsc.errors import ConfigError, StereoDSCError
+from stereodsc.security import ClientCurve, ServerCurve
 
 _TCP_KEEPALIVE_IDLE_S = 10
 _TCP_KEEPALIVE_INTVL_S = 2
@@ -55,6 +65,7 @@ _TCP_KEEPALIVE_CNT = 3
 
 
 _L = TypeVar("_L", bound="_Link")
+_MAX_REFUSALS_KEPT = 1024  # refused keys waiting for `FrameReceiver.refused_keys`; older ones are dropped
 
 
 class TransportError(StereoDSCError):
@@ -72,6 +83,22 @@ class SenderStats:
 class ReceiverStats:
     received: int = 0
     rejected_multipart: int = 0
+    refused_auth: int = 0
+    """CURVE handshakes the ZAP allow-list refused (counted as `FrameReceiver.refused_keys` reads them)."""
+
+
+class _AllowList:
+    """ZAP credentials provider: lets in the listed camera keys and records the others."""
+
+    def __init__(self, allowed: frozenset[bytes]) -> None:
+        self.allowed = allowed
+        self.refused: deque[bytes] = deque(maxlen=_MAX_REFUSALS_KEPT)  # appended by the ZAP thread
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        if key in self.allowed:
+            return True
+        self.refused.append(key)
+        return False
 
 
 @dataclass
@@ -94,6 +121,7 @@ class _Link:
         heartbeat_ivl_ms: int,
         heartbeat_timeout_ms: int,
         context: zmq.Context[zmq.Socket[bytes]] | None,
+        curve: ServerCurve | ClientCurve | None = None,
     ) -> None:
         if linger_ms < 0:
             raise ConfigError(f"linger_ms must be >= 0 (never wait forever on close), got {linger_ms}")
@@ -115,8 +143,22 @@ class _Link:
         }
         self._owns_context = context is None
         self._context = zmq.Context() if context is None else context
+        self._authenticator: ThreadAuthenticator | None = None
+        self._allow_list: _AllowList | None = None
         self._socket = self._context.socket(socket_type)
         try:
+            if isinstance(curve, ServerCurve):
+                self._allow_list = _AllowList(curve.allowed)
+                self._authenticator = ThreadAuthenticator(self._context)
+                self._authenticator.start()  # before bind: a camera must never meet a socket without ZAP
+                self._authenticator.configure_curve_callback(domain="*", credentials_provider=self._allow_list)
+                self._socket.curve_secretkey = curve.secret
+                self._socket.curve_publickey = curve.public
+                self._socket.curve_server = True
+            elif isinstance(curve, ClientCurve):
+                self._socket.curve_secretkey = curve.secret
+                self._socket.curve_publickey = curve.public
+                self._socket.curve_serverkey = curve.server_public
             for option, value in options.items():
                 self._socket.setsockopt(option, value)
             if bind:
@@ -148,6 +190,8 @@ class _Link:
         a source that ended wants its last frames delivered); safe to call twice."""
         if not self._socket.closed:
             self._socket.close(linger=flush_ms)
+            if self._authenticator is not None:
+                self._authenticator.stop()
             if self._owns_context:
                 self._context.term()
 
@@ -174,6 +218,7 @@ class FrameSender(_Link):
         reconnect_ivl_ms: int = 100,
         reconnect_ivl_max_ms: int = 2000,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        curve: ClientCurve | None = None,
     ) -> None:
         if sndhwm < 1:
             raise ConfigError(f"sndhwm must be >= 1 (0 would mean an unbounded queue), got {sndhwm}")
@@ -198,6 +243,7 @@ class FrameSender(_Link):
             heartbeat_ivl_ms=heartbeat_ivl_ms,
             heartbeat_timeout_ms=heartbeat_timeout_ms,
             context=context,
+            curve=curve,
         )
 
     def send(self, data: bytes) -> bool:
@@ -213,7 +259,7 @@ class FrameSender(_Link):
 
 
 class FrameReceiver(_Link):
-    """The host's end: binds a PULL socket that every camera connects to."""
+    """The host's end: binds a PULL socket that every camera connects to (with `curve`: only allowed ones)."""
 
     def __init__(
         self,
@@ -225,6 +271,7 @@ class FrameReceiver(_Link):
         heartbeat_ivl_ms: int = 1000,
         heartbeat_timeout_ms: int = 3000,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
+        curve: ServerCurve | None = None,
     ) -> None:
         if rcvhwm < 1:
             raise ConfigError(f"rcvhwm must be >= 1 (0 would mean an unbounded queue), got {rcvhwm}")
@@ -240,7 +287,17 @@ class FrameReceiver(_Link):
             heartbeat_ivl_ms=heartbeat_ivl_ms,
             heartbeat_timeout_ms=heartbeat_timeout_ms,
             context=context,
+            curve=curve,
         )
+
+    def refused_keys(self) -> list[str]:
+        """The z85 public keys ZAP refused since the last call, one per refused handshake (plain: [])."""
+        if self._allow_list is None:
+            return []
+        refused = self._allow_list.refused
+        keys = [refused.popleft().decode() for _ in range(len(refused))]
+        self.stats.refused_auth += len(keys)
+        return keys
 
     def recv(self, timeout_ms: int) -> bytes | None:
         """The next single-part message, or None if none came within `timeout_ms` (0: don't wait).

@@ -62,18 +62,35 @@ class LogSection:
 
 
 @dataclass
+class SecuritySection:
+    curve: bool = False  # false: plain TCP (logged at start); true: encrypted, the host checks this camera's key
+    secret: str = ""  # this camera's keypair (stereodsc keys new cam1): cam1.key_secret
+    server_public: str = ""  # the host's public key: host.key
+
+
+@dataclass
 class EdgeConfig:
     camera: CameraSection = field(default_factory=CameraSection)
     codec: CodecSection = field(default_factory=CodecSection)
     link: LinkSection = field(default_factory=LinkSection)
     log: LogSection = field(default_factory=LogSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
 
 
 def edge_config_from_dict(raw: dict[str, Any], source: str = "<edge config>") -> EdgeConfig:
-    schema = {"camera": CameraSection, "codec": CodecSection, "link": LinkSection, "log": LogSection}
+    schema = {
+        "camera": CameraSection,
+        "codec": CodecSection,
+        "link": LinkSection,
+        "log": LogSection,
+        "security": SecuritySection,
+    }
     cfg = EdgeConfig(**sections(raw, schema, source))
     if cfg.camera.role not in ROLES:
         raise ConfigError(f"{source}: [camera] role = {cfg.camera.role!r}; choose 'reference' or 'dependent'")
+    sec = cfg.security
+    if sec.curve and not (sec.secret and sec.server_public):
+        raise ConfigError(f"{source}: [security] curve = true needs secret and server_public")
     return cfg
 
 
@@ -107,6 +124,7 @@ class CameraNode:
         from stereodsc.bundles import default_bundle
         from stereodsc.edge_encoder.encoder import EdgeEncoder
         from stereodsc.edge_encoder.sources import open_source
+        from stereodsc.security import load_client_curve
         from stereodsc.transport import FrameSender
 
         self.cfg = cfg
@@ -122,7 +140,9 @@ class CameraNode:
             which: Literal["left", "right"] = "left" if self.role == Role.REFERENCE else "right"
             self.rectify = Rectifier.from_rig(load_rig(cam.rig_file), which)
         self.frames = open_source(cam.source, cam.path, cam.drive_camera, cam.loop)
-        self.sender = FrameSender(cfg.link.endpoint, sndhwm=cfg.link.send_hwm)
+        sec = cfg.security
+        curve = load_client_curve(sec.secret, sec.server_public) if sec.curve else None
+        self.sender = FrameSender(cfg.link.endpoint, sndhwm=cfg.link.send_hwm, curve=curve)
         self.stats = NodeStats()
         self.seq = 0
         self._stop = False
@@ -162,6 +182,8 @@ class CameraNode:
             self.cfg.link.endpoint,
             self.cfg.codec.quality,
         )
+        if not self.cfg.security.curve:
+            log.warning("CURVE off ([security] curve = false): frames leave unencrypted and unauthenticated")
         try:
             for captured in self._paced():
                 if self._stop:

@@ -1,10 +1,12 @@
 """The host decoder service: receive -> validate -> pair -> decode -> deliver.
 
 Every received message ends in exactly one outcome, counted by reason: rejected by the parser
-(typed `BitstreamError`), dropped by the pairing policy, or decoded (a reference, or a dependent
-with or without side information). Gaps in a camera's sequence numbers (frames lost before they
-reached the host) are counted too. Nothing in the loop can crash the service: an unexpected error
-while handling one frame is logged with its traceback, counted, and the loop goes on.
+(typed `BitstreamError`), dropped by the admission limits (``rate_limited``, ``too_many_cameras``)
+or the pairing policy, or decoded (a reference, or a dependent with or without side information).
+CURVE handshakes refused by the camera-key allow-list never become messages; they are counted apart.
+Gaps in a camera's sequence numbers (frames lost before they reached the host) are counted too.
+Nothing in the loop can crash the service: an unexpected error while handling one frame is logged
+with its traceback, counted, and the loop goes on.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ from stereodsc.wire import Frame, Role, seq_delta, unpack
 
 log = logging.getLogger("stereodsc.host")
 
+MAX_CAMERAS = 4096
+"""Cameras tracked at most (all rigs): frames from further (rig, camera) ids, e.g. a sender making up ids,
+are dropped as "too_many_cameras" unless a stale camera's slot is free, so memory stays bounded."""
+
 
 @dataclass
 class HostSection:
@@ -49,6 +55,9 @@ class HostSection:
     max_frames: int = 0  # stop after this many received messages (0: never)
     idle_exit_s: float = 0.0  # stop when nothing arrived for this long after the first frame (0: never)
     stats_file: str = ""  # write the final statistics here as JSON
+    max_cameras_per_rig: int = 0  # frames from further camera ids of a rig: dropped "too_many_cameras" (0: no limit)
+    max_frames_per_s_per_camera: float = 0.0  # token bucket (1 s burst); beyond: dropped "rate_limited" (0: off)
+    stale_after_s: float = 0.0  # a camera silent this long is reported stale (log, stats "cameras") (0: off)
 
 
 @dataclass
@@ -69,17 +78,34 @@ class SinkSection:
 
 
 @dataclass
+class SecuritySection:
+    curve: bool = False  # false: plain TCP, anyone who reaches the port can send frames (logged at start)
+    server_secret: str = ""  # the host's keypair (stereodsc keys new host): host.key_secret
+    allowed_keys: str = ""  # folder of the public keys (*.key) of the cameras let in
+
+
+@dataclass
 class HostConfig:
     host: HostSection = field(default_factory=HostSection)
     pairing: PairingSection = field(default_factory=PairingSection)
     sinks: SinkSection = field(default_factory=SinkSection)
+    security: SecuritySection = field(default_factory=SecuritySection)
 
 
 def host_config_from_dict(raw: dict[str, Any], source: str = "<host config>") -> HostConfig:
-    cfg = HostConfig(**sections(raw, {"host": HostSection, "pairing": PairingSection, "sinks": SinkSection}, source))
+    schema = {"host": HostSection, "pairing": PairingSection, "sinks": SinkSection, "security": SecuritySection}
+    cfg = HostConfig(**sections(raw, schema, source))
     policies = [p.value for p in PairingPolicy]
     if cfg.pairing.policy not in policies:
         raise ConfigError(f"{source}: [pairing] policy = {cfg.pairing.policy!r}; choose one of {policies}")
+    h = cfg.host
+    if h.max_cameras_per_rig < 0 or h.max_frames_per_s_per_camera < 0 or h.stale_after_s < 0:
+        raise ConfigError(
+            f"{source}: [host] max_cameras_per_rig, max_frames_per_s_per_camera and stale_after_s must be >= 0"
+        )
+    sec = cfg.security
+    if sec.curve and not (sec.server_secret and sec.allowed_keys):
+        raise ConfigError(f"{source}: [security] curve = true needs server_secret and allowed_keys")
     return cfg
 
 
@@ -123,16 +149,33 @@ class LatencyStats:
 
 
 @dataclass
+class CameraState:
+    """What the host knows about one camera: when it was last heard and its rate-limit bucket."""
+
+    last_seen: float  # time.monotonic() of its last parsed frame
+    tokens: float
+
+
+@dataclass
 class HostStats:
     received: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # by error type
     decoded_reference: int = 0
     decoded_with_side_info: int = 0
     decoded_without_side_info: Counter[str] = field(default_factory=Counter)  # by reason
-    dropped: Counter[str] = field(default_factory=Counter)  # by pairing reason
+    dropped: Counter[str] = field(default_factory=Counter)  # by pairing reason, rate_limited, too_many_cameras
     decode_errors: Counter[str] = field(default_factory=Counter)
     sequence_gaps: int = 0  # frames a camera numbered but the host never received
+    refused_keys: Counter[str] = field(default_factory=Counter)  # CURVE handshakes refused, by camera key
     latency: LatencyStats = field(default_factory=LatencyStats)
+    cameras: dict[tuple[int, int], CameraState] = field(default_factory=dict)  # (rig, camera) -> state
+    stale_after_s: float = 0.0
+
+    def stale_cameras(self, now: float) -> list[str]:
+        """``"rig.camera"`` of the cameras silent for longer than `stale_after_s` (none when it is 0)."""
+        if not self.stale_after_s:
+            return []
+        return [f"{r}.{c}" for (r, c), st in self.cameras.items() if now - st.last_seen > self.stale_after_s]
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -144,7 +187,16 @@ class HostStats:
             "dropped": dict(self.dropped),
             "decode_errors": dict(self.decode_errors),
             "sequence_gaps": self.sequence_gaps,
+            "refused_keys": dict(self.refused_keys),
+            "cameras": self._cameras_dict(time.monotonic()),
             "latency": self.latency.percentiles(),
+        }
+
+    def _cameras_dict(self, now: float) -> dict[str, dict[str, Any]]:
+        stale = set(self.stale_cameras(now))
+        return {
+            f"{r}.{c}": {"last_seen_s_ago": round(now - st.last_seen, 3), "stale": f"{r}.{c}" in stale}
+            for (r, c), st in sorted(self.cameras.items())
         }
 
     def line(self) -> str:
@@ -153,7 +205,8 @@ class HostStats:
         return (
             f"received {self.received}, decoded {decoded} ({self.decoded_with_side_info} with side info), "
             f"rejected {sum(self.rejected.values())}, dropped {sum(self.dropped.values())}, "
-            f"gaps {self.sequence_gaps}, latency p50 {lat.get('p50_ms', 0):.1f} ms"
+            f"gaps {self.sequence_gaps}, refused keys {sum(self.refused_keys.values())}, "
+            f"latency p50 {lat.get('p50_ms', 0):.1f} ms"
         )
 
 
@@ -168,6 +221,7 @@ class HostService:
         from stereodsc.bundle import load_bundle
         from stereodsc.bundles import default_bundle
         from stereodsc.host_decoder.decoder import HostDecoder
+        from stereodsc.security import load_server_curve
         from stereodsc.transport import DecodedPublisher, FrameReceiver
 
         self.cfg = cfg
@@ -182,12 +236,14 @@ class HostService:
             match_by=p.match_by,  # type: ignore[arg-type]
             max_references=p.max_references,
         )
+        sec = cfg.security
+        curve = load_server_curve(sec.server_secret, sec.allowed_keys) if sec.curve else None
         self.receiver = FrameReceiver(
-            cfg.host.endpoint, rcvhwm=cfg.host.recv_hwm, max_frame_bytes=cfg.host.max_frame_bytes
+            cfg.host.endpoint, rcvhwm=cfg.host.recv_hwm, max_frame_bytes=cfg.host.max_frame_bytes, curve=curve
         )
         self.publisher = DecodedPublisher(cfg.sinks.publish) if cfg.sinks.publish else None
         self.callbacks = list(callbacks or [])
-        self.stats = HostStats()
+        self.stats = HostStats(stale_after_s=cfg.host.stale_after_s)
         self._references: dict[tuple[int, int, int, int], np.ndarray] = {}
         self._arrivals: dict[int, tuple[float, int]] = {}  # id(frame) -> (receipt time, wire bytes)
         self._last_seq: dict[tuple[int, int], int] = {}
@@ -207,9 +263,15 @@ class HostService:
             self.bundle.id[:16],
             self.cfg.pairing.policy,
         )
+        sec = self.cfg.security
+        if sec.curve:
+            log.info("CURVE on: cameras are let in by the public keys in %s", sec.allowed_keys)
+        else:
+            log.warning("CURVE off ([security] curve = false): frames are unencrypted and any sender is accepted")
         last_stats = last_rx = time.monotonic()
         try:
             while not self._stop:
+                self.check_refused()
                 data = self.receiver.recv(timeout_ms=50)
                 now = time.monotonic()
                 if data is not None:
@@ -221,6 +283,7 @@ class HostService:
                     break
                 if h.idle_exit_s and self.stats.received and now - last_rx > h.idle_exit_s:
                     break
+                self.check_liveness(now)
                 if now - last_stats >= h.stats_every_s:
                     log.info("host: %s", self.stats.line())
                     last_stats = now
@@ -238,6 +301,13 @@ class HostService:
         except BitstreamError as e:
             self.stats.rejected[type(e).__name__] += 1
             self._log_limited(type(e).__name__, "rejected a frame: %s", e)
+            return
+        limited = self._admit(frame, received_at)
+        if limited:
+            self.stats.dropped[limited] += 1
+            self._log_limited(
+                f"drop-{limited}", "dropped camera %d.%d seq %d: %s", frame.rig_id, frame.camera_id, frame.seq, limited
+            )
             return
         self._count_gap(frame)
         self._arrivals[id(frame)] = (received_at, len(data))
@@ -337,6 +407,47 @@ class HostService:
             callback(out)
 
     # ---- helpers -------------------------------------------------------------------------------
+    def _admit(self, frame: Frame, now: float) -> str | None:
+        """Apply ``max_cameras_per_rig`` (and `MAX_CAMERAS` in all) and the per-camera rate limit;
+        the drop reason, or None. A stale camera's slot goes to a new camera."""
+        h, cameras = self.cfg.host, self.stats.cameras
+        cam = (frame.rig_id, frame.camera_id)
+        state = cameras.get(cam)
+        if state is None:
+            rig = [k for k in cameras if k[0] == frame.rig_id] if h.max_cameras_per_rig else []
+            pool = rig if h.max_cameras_per_rig and len(rig) >= h.max_cameras_per_rig else None
+            if pool is None and len(cameras) >= MAX_CAMERAS:
+                pool = list(cameras)
+            if pool is not None:
+                stale = set(self.stats.stale_cameras(now))
+                evictable = [k for k in pool if f"{k[0]}.{k[1]}" in stale]
+                if not evictable:
+                    return "too_many_cameras"
+                del cameras[evictable[0]]
+                self._last_seq.pop(evictable[0], None)
+            state = cameras[cam] = CameraState(now, max(1.0, h.max_frames_per_s_per_camera))
+        rate = h.max_frames_per_s_per_camera
+        if rate:
+            state.tokens = min(max(1.0, rate), state.tokens + (now - state.last_seen) * rate)
+        state.last_seen = now
+        if rate:
+            if state.tokens < 1.0:
+                return "rate_limited"
+            state.tokens -= 1.0
+        return None
+
+    def check_liveness(self, now: float) -> None:
+        """Log (once per interval) the cameras silent for longer than ``stale_after_s``."""
+        stale = self.stats.stale_cameras(now)
+        if stale:
+            self._log_limited("stale", "stale cameras (silent > %.1f s): %s", self.cfg.host.stale_after_s, stale)
+
+    def check_refused(self) -> None:
+        """Count and log (once per interval) the camera keys the CURVE allow-list refused."""
+        for key in self.receiver.refused_keys():
+            self.stats.refused_keys[key] += 1
+            self._log_limited("refused-key", "refused camera key %s: not in %s", key, self.cfg.security.allowed_keys)
+
     def _count_gap(self, frame: Frame) -> None:
         cam = (frame.rig_id, frame.camera_id)
         last = self._last_seq.get(cam)

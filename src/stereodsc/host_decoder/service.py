@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import signal
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from stereodsc.errors import BitstreamError, ConfigError
+from stereodsc.host_decoder.metrics import Histogram, MetricsServer, MetricsSnapshot, parse_listen
 from stereodsc.host_decoder.pairing import (
     DecodeDependent,
     DecodeReference,
@@ -58,6 +60,7 @@ class HostSection:
     max_cameras_per_rig: int = 0  # frames from further camera ids of a rig: dropped "too_many_cameras" (0: no limit)
     max_frames_per_s_per_camera: float = 0.0  # token bucket (1 s burst); beyond: dropped "rate_limited" (0: off)
     stale_after_s: float = 0.0  # a camera silent this long is reported stale (log, stats "cameras") (0: off)
+    metrics_listen: str = ""  # "host:port": serve Prometheus metrics at http://host:port/metrics (empty: off)
 
 
 @dataclass
@@ -106,6 +109,8 @@ def host_config_from_dict(raw: dict[str, Any], source: str = "<host config>") ->
     sec = cfg.security
     if sec.curve and not (sec.server_secret and sec.allowed_keys):
         raise ConfigError(f"{source}: [security] curve = true needs server_secret and allowed_keys")
+    if h.metrics_listen:
+        parse_listen(h.metrics_listen, source)
     return cfg
 
 
@@ -131,13 +136,15 @@ class DecodedFrame:
 
 
 class LatencyStats:
-    """Per-stage latency samples (the most recent 10,000) and their percentiles."""
+    """Per-stage latency samples (the most recent 10,000) and their percentiles, and a histogram of all."""
 
     def __init__(self) -> None:
         self.samples: dict[str, deque[float]] = {}
+        self.histograms: dict[str, Histogram] = {}
 
     def add(self, stage: str, seconds: float) -> None:
         self.samples.setdefault(stage, deque(maxlen=10_000)).append(seconds)
+        self.histograms.setdefault(stage, Histogram()).observe(seconds)
 
     def percentiles(self) -> dict[str, dict[str, float]]:
         out = {}
@@ -159,6 +166,7 @@ class CameraState:
 @dataclass
 class HostStats:
     received: int = 0
+    bytes_received: int = 0
     rejected: Counter[str] = field(default_factory=Counter)  # by error type
     decoded_reference: int = 0
     decoded_with_side_info: int = 0
@@ -180,6 +188,7 @@ class HostStats:
     def as_dict(self) -> dict[str, Any]:
         return {
             "received": self.received,
+            "bytes_received": self.bytes_received,
             "rejected": dict(self.rejected),
             "decoded_reference": self.decoded_reference,
             "decoded_with_side_info": self.decoded_with_side_info,
@@ -250,6 +259,16 @@ class HostService:
         self._frame_log = open(cfg.sinks.frame_log, "a") if cfg.sinks.frame_log else None  # noqa: SIM115
         self._stop = False
         self._last_error_log: dict[str, float] = {}
+        self._lock = threading.RLock()  # held while the loop updates the stats; a scrape copies them under it
+        self.metrics = MetricsServer(cfg.host.metrics_listen, self.metrics_text) if cfg.host.metrics_listen else None
+        if self.metrics is not None:
+            log.info("Prometheus metrics at http://%s/metrics", cfg.host.metrics_listen)
+
+    def metrics_text(self) -> str:
+        """The statistics in the Prometheus text format, from a copy taken between two frames."""
+        with self._lock:
+            snapshot = MetricsSnapshot.of(self.stats)
+        return snapshot.render()
 
     def stop(self, *_: object) -> None:
         self._stop = True
@@ -293,7 +312,12 @@ class HostService:
 
     def handle(self, data: bytes, received_at: float) -> None:
         """One message from the wire: parse, account for gaps, pair, act on what pairing says."""
+        with self._lock:
+            self._handle(data, received_at)
+
+    def _handle(self, data: bytes, received_at: float) -> None:
         self.stats.received += 1
+        self.stats.bytes_received += len(data)
         try:
             t0 = time.perf_counter()
             frame = unpack(data, max_frame_bytes=self.cfg.host.max_frame_bytes, expected_bundle=self.bundle.id_bytes)
@@ -314,15 +338,16 @@ class HostService:
         self.act(self.pairer.push(frame, time.monotonic_ns()))
 
     def act(self, events: list[Event[Frame]]) -> None:
-        for event in events:
-            try:
-                self._act(event)
-            except Exception as e:  # a bug must cost one frame, never the service
-                self.stats.decode_errors[type(e).__name__] += 1
-                log.exception("error while handling %s", type(event).__name__)
-            finally:
-                if not isinstance(event, ReleaseReference):
-                    self._arrivals.pop(id(event.frame), None)
+        with self._lock:
+            for event in events:
+                try:
+                    self._act(event)
+                except Exception as e:  # a bug must cost one frame, never the service
+                    self.stats.decode_errors[type(e).__name__] += 1
+                    log.exception("error while handling %s", type(event).__name__)
+                finally:
+                    if not isinstance(event, ReleaseReference):
+                        self._arrivals.pop(id(event.frame), None)
 
     def _act(self, event: Event[Frame]) -> None:
         if isinstance(event, DecodeReference):
@@ -445,7 +470,8 @@ class HostService:
     def check_refused(self) -> None:
         """Count and log (once per interval) the camera keys the CURVE allow-list refused."""
         for key in self.receiver.refused_keys():
-            self.stats.refused_keys[key] += 1
+            with self._lock:
+                self.stats.refused_keys[key] += 1
             self._log_limited("refused-key", "refused camera key %s: not in %s", key, self.cfg.security.allowed_keys)
 
     def _count_gap(self, frame: Frame) -> None:
@@ -466,6 +492,8 @@ class HostService:
             log.warning(msg + " (further ones are counted, logged once per interval)", *args)
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         log.info("host stopped: %s", self.stats.line())
         if self.cfg.host.stats_file:
             Path(self.cfg.host.stats_file).write_text(json.dumps(self.stats.as_dict(), indent=2))

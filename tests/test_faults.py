@@ -1,0 +1,140 @@
+"""Faults on a running rig: a silent reference camera, a camera killed mid-stream, frames past the deadline.
+
+Real processes on loopback where the fault is a process's (a) and (b); the host in-process where the
+fault is timing (c). Every frame must end decoded or counted under a reason, and the host must keep serving.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from stereodsc.edge_encoder.encoder import EdgeEncoder
+from stereodsc.host_decoder.service import HostService, host_config_from_dict
+from stereodsc.pipeline import STEREO, collect, edge_config, free_port, host_config, run_pipeline, spawn, wait
+from tiny_models import bundle_dir, sample_pair
+
+pytestmark = pytest.mark.timeout(240)
+
+
+@pytest.fixture(scope="module")
+def stereo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return bundle_dir(tmp_path_factory, "stereo")
+
+
+@pytest.mark.parametrize("policy", ["no_side_info", "drop"])
+def test_silent_reference_camera(stereo: Path, tmp_path: Path, policy: str) -> None:
+    """The reference camera sends 3 frames, the dependent 8: the dependent stream goes on per policy."""
+    run = run_pipeline(
+        stereo,
+        tmp_path,
+        frames=8,
+        fps=10.0,
+        policy=policy,
+        timeout_s=180,
+        host_extra={"host": {"stale_after_s": 1.0}},
+        edge_extra={0: {"camera": {"max_frames": 3}}},
+    )
+    stats = run.host_stats
+    sent = {cam: {r["seq"] for r in recs if r["sent"]} for cam, recs in run.edge_frames.items()}
+    assert sent == {0: set(range(3)), 1: set(range(8))}
+    assert stats["rejected"] == {} and stats["decode_errors"] == {} and stats["sequence_gaps"] == 0
+    assert stats["decoded_reference"] == 3 and stats["decoded_with_side_info"] == 3
+    without, dropped = sum(stats["decoded_without_side_info"].values()), sum(stats["dropped"].values())
+    if policy == "no_side_info":
+        assert without == 5 and dropped == 0
+        assert {(r["camera"], r["seq"]) for r in run.host_frames} == {(c, s) for c in sent for s in sent[c]}
+    else:
+        assert dropped == 5 and without == 0
+        assert {(r["camera"], r["seq"]) for r in run.host_frames} == {(0, s) for s in range(3)} | {
+            (1, s) for s in range(3)
+        }
+    reasons = set(stats["decoded_without_side_info"]) | set(stats["dropped"])
+    assert reasons <= {"stale", "late", "no_reference"}, reasons
+    assert stats["cameras"]["1.0"]["stale"] is True, "the silent reference camera is reported stale"
+
+
+def test_camera_killed_mid_stream(stereo: Path, tmp_path: Path) -> None:
+    """SIGKILL the dependent camera after a few frames: the host keeps decoding the reference camera,
+    exits cleanly when idle, and each frame the dead camera logged as sent is decoded or counted."""
+    port = free_port()
+    host = spawn(
+        "host",
+        host_config(tmp_path, port, stereo, policy="no_side_info", extra={"host": {"stale_after_s": 1.0}}),
+    )
+    ref_cfg, dep_cfg = (edge_config(tmp_path, port, stereo, cam, frames=30, fps=10.0, loop=True) for cam in STEREO)
+    ref, dep = spawn("edge", ref_cfg), spawn("edge", dep_cfg)
+    try:
+        deadline = time.monotonic() + 120
+        dep_log = tmp_path / "edge1_frames.jsonl"
+        while len(dep_log.read_text().splitlines() if dep_log.exists() else []) < 5:
+            assert time.monotonic() < deadline, "the dependent camera sent nothing"
+            assert dep.poll() is None and host.poll() is None
+            time.sleep(0.05)
+        dep.send_signal(signal.SIGKILL)
+        assert dep.wait(timeout=10) == -signal.SIGKILL
+        wait(ref, time.monotonic() + 120, ref_cfg.with_suffix(".log"))
+        wait(host, time.monotonic() + 60, tmp_path / "host.log")  # exit code 0 on idle
+    finally:
+        for proc in (host, ref, dep):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    run = collect(tmp_path, STEREO)
+    stats = run.host_stats
+    decoded = {cam: {r["seq"] for r in run.host_frames if r["camera"] == cam} for cam in (0, 1)}
+    sent = {cam: {r["seq"] for r in recs if r["sent"]} for cam, recs in run.edge_frames.items()}
+    assert decoded[0] == sent[0] == set(range(30)), "the host kept serving the reference camera"
+    assert stats["rejected"] == {} and stats["decode_errors"] == {} and stats["sequence_gaps"] == 0
+    assert stats["decoded_reference"] == 30
+    # A frame the dead camera had queued but not yet written to its socket dies with it; the host never
+    # learns of it (no later frame reveals a gap). That can only be the last frame it logged.
+    last = max(decoded[1])
+    assert len(sent[1]) >= 5 and all(s > last for s in sent[1] - decoded[1]) and len(sent[1] - decoded[1]) <= 1
+    assert len(decoded[1]) == stats["decoded_with_side_info"] + sum(stats["decoded_without_side_info"].values())
+    assert stats["cameras"]["1.1"]["stale"] is True, "the dead camera is reported stale"
+
+
+@pytest.mark.parametrize("policy", ["no_side_info", "drop"])
+def test_frames_past_the_deadline(stereo: Path, policy: str) -> None:
+    """Dependents whose reference is gone (late), never came (stale) or was overtaken (no_reference)."""
+    cfg = host_config_from_dict(
+        {
+            "host": {"endpoint": f"tcp://127.0.0.1:{free_port()}", "bundle": str(stereo)},
+            "pairing": {"policy": policy, "deadline_ms": 100.0},
+        }
+    )
+    service = HostService(cfg)
+    try:
+        left, right = sample_pair()
+        ref_enc, dep_enc = EdgeEncoder(service.bundle, "intra", 0), EdgeEncoder(service.bundle, "side_info", 0)
+        ref, dep = ref_enc.encode(left), dep_enc.encode(right)
+
+        def send(camera: int, seq: int) -> None:
+            enc, encoded = (ref_enc, ref) if camera == 0 else (dep_enc, dep)
+            data = enc.frame(encoded, rig_id=1, camera_id=camera, seq=seq, t_capture_ns=seq * 100_000_000).pack()
+            service.handle(data, time.monotonic())
+
+        send(0, 0)
+        time.sleep(0.25)
+        send(1, 0)  # its reference was released at the deadline: late
+        send(1, 1)  # no reference 1 ever comes: waits out the deadline, stale
+        time.sleep(0.25)
+        service.act(service.pairer.poll(time.monotonic_ns()))
+        send(1, 2)  # waits ...
+        send(0, 3)  # ... until the reference stream passes it: no_reference
+        assert service.pairer.pending == 0
+        expected = {"late": 1, "stale": 1, "no_reference": 1}
+        pairer = service.pairer.stats
+        reported = pairer.fallback if policy == "no_side_info" else pairer.dropped
+        assert {reason.value: n for reason, n in reported.items()} == expected
+        s = service.stats
+        counted = s.decoded_without_side_info if policy == "no_side_info" else s.dropped
+        assert dict(counted) == expected
+        assert s.decoded_reference == 2 and s.decoded_with_side_info == 0 and s.received == 5
+        assert sum(s.decoded_without_side_info.values()) + sum(s.dropped.values()) == 3
+    finally:
+        service.close()

@@ -19,6 +19,10 @@ Options and why:
   up to ``SNDHWM`` frames piling up in the pipe and arriving seconds late after the reconnect.
 - ``SNDHWM`` small (4): at most a few frames (plus what the kernel's TCP buffers hold) are in flight
   when the host is slow; past that, frames are dropped at the camera, which bounds latency.
+- The host's PULL socket sends no ZMTP heartbeats of its own (``heartbeat_ivl_ms=0``): with its own
+  heartbeat timer libzmq 4.3.5 aborted the host process (``Assertion failed: !_io_error``,
+  stream_engine_base.cpp:310) when cameras overloaded it (benchmarks/soak.py at fps 0: 2 of 2 runs
+  before, 0 of 3 after). The cameras' heartbeats and TCP keepalive still detect dead links.
 - ZMTP heartbeats (``HEARTBEAT_IVL``/``_TIMEOUT``/``_TTL``) and TCP keepalive: a half-open connection
   (host power loss, pulled cable: no FIN or RST ever arrives) is detected within the heartbeat timeout
   and reconnected, on both sides. A host that stops reading altogether (its ``RCVHWM`` queue full)
@@ -125,16 +129,23 @@ class _Link:
     ) -> None:
         if linger_ms < 0:
             raise ConfigError(f"linger_ms must be >= 0 (never wait forever on close), got {linger_ms}")
-        if heartbeat_ivl_ms <= 0 or heartbeat_timeout_ms <= heartbeat_ivl_ms:
+        if heartbeat_ivl_ms < 0 or (heartbeat_ivl_ms and heartbeat_timeout_ms <= heartbeat_ivl_ms):
             raise ConfigError(
-                "heartbeats need 0 < heartbeat_ivl_ms < heartbeat_timeout_ms, "
+                "heartbeats need 0 < heartbeat_ivl_ms < heartbeat_timeout_ms (or heartbeat_ivl_ms = 0: none), "
                 f"got {heartbeat_ivl_ms} and {heartbeat_timeout_ms}"
             )
+        heartbeats: dict[int, int] = (
+            {
+                zmq.HEARTBEAT_IVL: heartbeat_ivl_ms,
+                zmq.HEARTBEAT_TIMEOUT: heartbeat_timeout_ms,
+                zmq.HEARTBEAT_TTL: heartbeat_timeout_ms,
+            }
+            if heartbeat_ivl_ms
+            else {}
+        )
         options = {
             zmq.LINGER: linger_ms,
-            zmq.HEARTBEAT_IVL: heartbeat_ivl_ms,
-            zmq.HEARTBEAT_TIMEOUT: heartbeat_timeout_ms,
-            zmq.HEARTBEAT_TTL: heartbeat_timeout_ms,
+            **heartbeats,
             zmq.TCP_KEEPALIVE: 1,
             zmq.TCP_KEEPALIVE_IDLE: _TCP_KEEPALIVE_IDLE_S,
             zmq.TCP_KEEPALIVE_INTVL: _TCP_KEEPALIVE_INTVL_S,
@@ -268,7 +279,7 @@ class FrameReceiver(_Link):
         rcvhwm: int = 64,
         max_frame_bytes: int = 1 << 20,
         linger_ms: int = 0,
-        heartbeat_ivl_ms: int = 1000,
+        heartbeat_ivl_ms: int = 0,
         heartbeat_timeout_ms: int = 3000,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: ServerCurve | None = None,

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import zipfile
 from dataclasses import dataclass
 from functools import cached_property
@@ -51,6 +50,8 @@ from typing import NamedTuple
 import numpy as np
 
 from stereodsc.errors import BitstreamError
+
+from .npy import parse_npy
 
 FORMAT_VERSION = 1
 WEIGHT_MAX = (1 << 15) - 1  # int16, symmetric: -32768 is refused so |w| <= WEIGHT_MAX
@@ -209,7 +210,7 @@ class IntegerScaleNet:
                     if info.file_size > MAX_FILE_BYTES:
                         raise ScalePathFormatError(f"member {info.filename} declares {info.file_size} bytes")
                     key = info.filename[: -len(".npy")]
-                    arrays[key] = _parse_npy(zf.read(info), info.filename, np.dtype(expected[key]))
+                    arrays[key] = parse_npy(zf.read(info), info.filename, np.dtype(expected[key]), ScalePathFormatError)
         except ScalePathFormatError:
             raise
         except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError) as e:
@@ -328,21 +329,3 @@ def _validate(net: IntegerScaleNet) -> None:
                     f"{name} channel {c} could overflow int64 (max|input| {a_max} * sum|w| {s} + |bias| "
                     f"{abs(bias)} >= 2**62): export it with fewer weight bits"
                 )
-
-
-def _parse_npy(raw: bytes, name: str, dtype: np.dtype) -> np.ndarray:
-    """Read one C-order ``.npy`` member of exactly `dtype`, checking its header against its size."""
-    f = io.BytesIO(raw)
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, got = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, got = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise ScalePathFormatError(f"member {name}: unsupported .npy version {version}")
-    if got != dtype or fortran:
-        raise ScalePathFormatError(f"member {name} must be C-order {dtype.str}, got {got.str}")
-    body = raw[f.tell() :]
-    if len(body) != dtype.itemsize * math.prod(shape):
-        raise ScalePathFormatError(f"member {name}: header says shape {shape}, data holds {len(body)} bytes")
-    return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))

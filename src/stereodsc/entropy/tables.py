@@ -25,6 +25,7 @@ import numpy as np
 from stereodsc.errors import BitstreamError
 
 from ._kernels import INT32_MAX, INT32_MIN, RANS_L
+from .npy import parse_npy
 
 MAX_PRECISION = 16  # ryg_rans' byte-wise coder needs scale_bits <= 16 with L = 2**23
 TABLES_FORMAT_VERSION = 1
@@ -156,7 +157,9 @@ class CdfTables:
                 for info in infos:
                     if info.file_size > MAX_TABLE_FILE_BYTES:
                         raise TableFormatError(f"CDF table member {info.filename} declares {info.file_size} bytes")
-                    arrays[info.filename[: -len(".npy")]] = _parse_npy(zf.read(info), info.filename)
+                    arrays[info.filename[: -len(".npy")]] = parse_npy(
+                        zf.read(info), info.filename, np.dtype("<i4"), TableFormatError
+                    )
         except TableFormatError:
             raise
         except (
@@ -178,25 +181,6 @@ class CdfTables:
                 "use a stereodsc release that matches the bundle"
             )
         return cls(arrays["cdf"], arrays["cdf_length"], arrays["offset"], int(arrays["precision"]))
-
-
-def _parse_npy(raw: bytes, name: str) -> np.ndarray:
-    """Read one little-endian int32 ``.npy`` member, checking its header against its size first."""
-    f = io.BytesIO(raw)
-    version = np.lib.format.read_magic(f)
-    if version == (1, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-    elif version == (2, 0):
-        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    else:
-        raise TableFormatError(f"CDF table member {name}: unsupported .npy version {version}")
-    if dtype != np.dtype("<i4") or fortran:
-        raise TableFormatError(f"CDF table member {name} must be C-order little-endian int32, got {dtype}")
-    body = raw[f.tell() :]
-    count = math.prod(shape)
-    if len(body) != 4 * count:
-        raise TableFormatError(f"CDF table member {name}: header says shape {shape}, data holds {len(body)} bytes")
-    return np.frombuffer(body, dtype="<i4").reshape(shape).astype(np.int32)
 
 
 def _validate(cdf: np.ndarray, cdf_length: np.ndarray, offset: np.ndarray, precision: int) -> None:

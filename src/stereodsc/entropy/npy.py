@@ -1,0 +1,29 @@
+"""Strict reading of one ``.npy`` member of a table file: never unpickles, and checks the header's
+shape against the bytes present before allocating, so a tampered file cannot ask for 10^12 entries."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+
+from stereodsc.errors import BitstreamError
+
+
+def parse_npy(raw: bytes, name: str, dtype: np.dtype, error: type[BitstreamError]) -> np.ndarray:
+    """The C-order array of exactly `dtype` in `raw`, in native byte order; `error` on anything else."""
+    f = io.BytesIO(raw)
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, got = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, got = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise error(f"member {name}: unsupported .npy version {version}")
+    if got != dtype or fortran:
+        raise error(f"member {name} must be C-order {dtype.str} ({dtype.name}), got {got.str}")
+    body = raw[f.tell() :]
+    if len(body) != dtype.itemsize * math.prod(shape):
+        raise error(f"member {name}: header says shape {shape}, data holds {len(body)} bytes")
+    return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))

@@ -20,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 from stereodsc.errors import CheckpointError, ConfigError
+from stereodsc.eval.metrics import ms_ssim_min_side
+from stereodsc.models.base import bits
 from stereodsc.sample import drive_path
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -83,10 +85,6 @@ def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
-
-
-def estimated_bits(out: dict[str, Any]) -> float:
-    return sum(float(-torch.log2(p).sum()) for p in out["likelihoods"].values())
 
 
 @dataclass
@@ -220,9 +218,9 @@ class Trainer:
             # The objective every model shares (rate of x + its distortion), comparable across models;
             # "loss" also holds model-specific terms (NDIC's y-branch and common-information rates).
             sums["rd_loss"] += self.cfg.train.lmbda * 255**2 * terms["distortion"].item() + terms["bpp"].item()
-            sums["bpp"] += estimated_bits(out) / (h * w)
+            sums["bpp"] += bits(out["likelihoods"].values()).item() / (h * w)
             sums["psnr"] += psnr(x_hat, x)
-            sums["ms_ssim"] += ms_ssim(x_hat, x).item() if min(h, w) >= 97 else math.nan
+            sums["ms_ssim"] += ms_ssim(x_hat, x).item() if min(h, w) >= ms_ssim_min_side() else math.nan
         return {k: v / len(self.val_set) for k, v in sums.items()}
 
     def log(self, record: dict[str, Any]) -> None:

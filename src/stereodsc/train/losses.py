@@ -12,8 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from stereodsc.errors import ConfigError
-
-MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
+from stereodsc.eval.metrics import MS_SSIM_WEIGHTS, ms_ssim_min_side
 
 
 def _gaussian_window(size: int, sigma: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -45,7 +44,7 @@ def _ssim_cs(
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, win_size: int = 7, data_range: float = 1.0) -> torch.Tensor:
     """Mean 5-scale MS-SSIM of two NCHW batches (differentiable)."""
     levels = len(MS_SSIM_WEIGHTS)
-    min_side = (win_size - 1) * 2 ** (levels - 1) + 1
+    min_side = ms_ssim_min_side(win_size)
     if min(x.shape[-2:]) < min_side:
         raise ValueError(
             f"MS-SSIM with window {win_size} needs images of at least {min_side}px per side, "

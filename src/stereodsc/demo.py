@@ -146,7 +146,7 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
     return float(np.mean([r[key] for r in rows])) if rows else math.nan
 
 
-def side_by_side(run: PipelineRun, bundle: Bundle, seq: int, out: Path) -> Path:
+def side_by_side(run: PipelineRun, seq: int, out: Path) -> Path:
     """original right | decoded right (side info) | decoded left (the side information)."""
     right_files, _ = kitti_frames(drive_path(), "right")
     tiles = [
@@ -231,9 +231,10 @@ def run_demo(out: Path, frames: int = 12, quality: int | None = None) -> int:
     report = pipeline_report(run, bundle)
     (out / "demo_report.json").write_text(json.dumps(report, indent=2))
     print_report(report, trained_here)
-    image = side_by_side(run, bundle, 0, out / "side_by_side.png")
+    paired = [f["seq"] for f in report["frames"] if f["role"] == "dependent" and f["side_info"]]
+    image = side_by_side(run, min(paired), out / "side_by_side.png") if paired else None
     print(
         f"\ndecoded frames: {run.decoded_dir}/  side-by-side (original | decoded with side info | side info): "
-        f"{image}  report: {out / 'demo_report.json'}"
+        f"{image or 'none (no dependent frame was paired)'}  report: {out / 'demo_report.json'}"
     )
     return 0

@@ -82,7 +82,8 @@ def host_config(
             "stats_file": str(folder / f"{tag}_stats.json"),
             "stats_every_s": 5.0,
         },
-        "pairing": {"policy": policy, "deadline_ms": 2000.0},
+        # A camera that starts a second late is ~10 frames behind at 10 fps: keep that many references.
+        "pairing": {"policy": policy, "deadline_ms": 2000.0, "max_references": 32},
         "sinks": {"png_dir": str(folder / "decoded"), "frame_log": str(folder / f"{tag}_frames.jsonl")},
     }
     for name, table in (extra or {}).items():

@@ -5,7 +5,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench weights clean
 
 $(BIN)/stereodsc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,27 @@ lint: $(BIN)/stereodsc
 bench: $(BIN)/stereodsc
 	$(BIN)/python benchmarks/bench_entropy.py
 	$(BIN)/python benchmarks/bench_rectify.py
+
+# Train every shipped model on the KITTI drive in ../shared/data (CPU; resumable: rerun after an
+# interruption). `make -j2 weights` runs two chains side by side. Lower-rate points warm-start from
+# higher ones, ndic_cam from ndic and dsin from balle2017 at the same lambda.
+LAMBDAS = kitti kitti_l0.0008 kitti_l0.0003 kitti_l0.0001
+WEIGHTS = $(foreach m,balle2017 ndic ndic_cam dsin,$(foreach l,$(LAMBDAS),runs/$(m)_$(l)/finished))
+
+weights: $(WEIGHTS)
+
+runs/%/finished: configs/%.toml | $(BIN)/stereodsc
+	$(BIN)/stereodsc train --config $< --resume
+	touch $@
+
+define chain
+runs/$(1)_kitti_l0.0008/finished: runs/$(1)_kitti/finished
+runs/$(1)_kitti_l0.0003/finished: runs/$(1)_kitti_l0.0008/finished
+runs/$(1)_kitti_l0.0001/finished: runs/$(1)_kitti_l0.0003/finished
+endef
+$(foreach m,balle2017 ndic,$(eval $(call chain,$(m))))
+$(foreach l,$(LAMBDAS),$(eval runs/ndic_cam_$(l)/finished: runs/ndic_$(l)/finished))
+$(foreach l,$(LAMBDAS),$(eval runs/dsin_$(l)/finished: runs/balle2017_$(l)/finished))
 
 clean:
 	rm -rf $(VENV) build *.egg-info

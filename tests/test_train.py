@@ -176,6 +176,33 @@ def test_existing_run_requires_resume(tmp_path: Path) -> None:
         train(cfg, progress=False)
 
 
+def test_warm_start_loads_weights_also_under_resume(tmp_path: Path) -> None:
+    """`make weights` always passes --resume: a first run must still start from init_from."""
+    torch.set_num_threads(1)
+    base = train(config_from_dict(tiny_config(tmp_path / "base", "ndic", steps=1)), progress=False)
+    cfg = config_from_dict(tiny_config(tmp_path / "low", "ndic", init_from=str(tmp_path / "base/latest.pt")))
+    low = train(cfg, resume=True, progress=False, stop_after=0)
+    for k, v in base.model.state_dict().items():
+        assert torch.equal(v, low.model.state_dict()[k]), f"{k} was not warm-started"
+
+
+def test_related_model_warm_starts_its_shared_weights(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    base = train(config_from_dict(tiny_config(tmp_path / "ndic", "ndic", steps=1)), progress=False)
+    init = str(tmp_path / "ndic/latest.pt")
+    cam = train(config_from_dict(tiny_config(tmp_path / "cam", "ndic_cam", init_from=init)), progress=False, stop_after=0)
+    theirs, ours = base.model.state_dict(), cam.model.state_dict()
+    shared = [k for k in ours if k in theirs and theirs[k].shape == ours[k].shape]
+    assert any(k.startswith("cams.") for k in ours) and not any(k.startswith("cams.") for k in shared)
+    assert len(shared) > len(ours) // 2
+    for k in shared:
+        assert torch.equal(theirs[k], ours[k]), f"{k} was not warm-started"
+    with pytest.raises(CheckpointError, match="shares no weights"):
+        trainer = Trainer(config_from_dict(tiny_config(tmp_path / "x")), progress=False)
+        save_checkpoint(tmp_path / "foreign.pt", {"model": "other", "model_config": {}, "model_state": {}, "step": 0})
+        trainer.warm_start(str(tmp_path / "foreign.pt"))
+
+
 def test_validation_reports_bpp_psnr_msssim(tmp_path: Path) -> None:
     trainer = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
     val = trainer.validate()

@@ -168,11 +168,29 @@ class Trainer:
         return True
 
     def warm_start(self, path: str) -> None:
-        """Start from another run's weights (e.g. a higher-rate point), with fresh optimisers."""
+        """Start from another run's weights, with fresh optimisers.
+
+        The same model (e.g. a higher-rate point) loads whole. A related model loads every tensor
+        whose name and shape match (ndic_cam from ndic: all but the cross-attention modules; dsin
+        from balle2017: all but the SI-Net), so the new parts train from a converged backbone.
+        """
         ckpt = load_checkpoint(path)
-        if ckpt["model"] != self.model.name:
-            raise CheckpointError(f"init_from {path} holds a {ckpt['model']} model, this run trains {self.model.name}")
-        self.model.load_state_dict(ckpt["model_state"])
+        if ckpt["model"] == self.model.name:
+            self.model.load_state_dict(ckpt["model_state"])
+            return
+        own = self.model.state_dict()
+        shared = {k: v for k, v in ckpt["model_state"].items() if k in own and own[k].shape == v.shape}
+        if not shared:
+            raise CheckpointError(
+                f"init_from {path} holds a {ckpt['model']} model that shares no weights with {self.model.name}; "
+                "warm-start from a run of the same or a related model (ndic for ndic_cam, balle2017 for dsin)"
+            )
+        self.model.load_state_dict(shared, strict=False)
+        fresh = sum(v.numel() for k, v in own.items() if k not in shared)
+        log.info(
+            "warm start from %s (%s): %d of %d tensors loaded, %d parameters start fresh",
+            path, ckpt["model"], len(shared), len(own), fresh,
+        )
 
     # ---- training ----------------------------------------------------------------------------
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -291,14 +309,14 @@ def _progress(start: int, total: int, enabled: bool) -> Any:
 def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Trainer:
     """Train (or continue) the run `cfg` describes and return the trainer."""
     trainer = Trainer(cfg, progress=progress)
-    if resume:
-        if not trainer.resume():
+    if not (resume and trainer.resume()):
+        if trainer.latest_path.exists():
+            raise CheckpointError(
+                f"{trainer.latest_path} exists: pass --resume to continue it, or choose another [train] out folder"
+            )
+        if resume:
             log.info("no checkpoint in %s yet: starting from step 0", trainer.out_dir)
-    elif trainer.latest_path.exists():
-        raise CheckpointError(
-            f"{trainer.latest_path} exists: pass --resume to continue it, or choose another [train] out folder"
-        )
-    elif cfg.train.init_from:
-        trainer.warm_start(cfg.train.init_from)
+        if cfg.train.init_from:
+            trainer.warm_start(cfg.train.init_from)
     trainer.run(stop_after)
     return trainer

@@ -190,7 +190,9 @@ def test_related_model_warm_starts_its_shared_weights(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     base = train(config_from_dict(tiny_config(tmp_path / "ndic", "ndic", steps=1)), progress=False)
     init = str(tmp_path / "ndic/latest.pt")
-    cam = train(config_from_dict(tiny_config(tmp_path / "cam", "ndic_cam", init_from=init)), progress=False, stop_after=0)
+    cam = train(
+        config_from_dict(tiny_config(tmp_path / "cam", "ndic_cam", init_from=init)), progress=False, stop_after=0
+    )
     theirs, ours = base.model.state_dict(), cam.model.state_dict()
     shared = [k for k in ours if k in theirs and theirs[k].shape == ours[k].shape]
     assert any(k.startswith("cams.") for k in ours) and not any(k.startswith("cams.") for k in shared)

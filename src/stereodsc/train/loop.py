@@ -189,7 +189,11 @@ class Trainer:
         fresh = sum(v.numel() for k, v in own.items() if k not in shared)
         log.info(
             "warm start from %s (%s): %d of %d tensors loaded, %d parameters start fresh",
-            path, ckpt["model"], len(shared), len(own), fresh,
+            path,
+            ckpt["model"],
+            len(shared),
+            len(own),
+            fresh,
         )
 
     # ---- training ----------------------------------------------------------------------------

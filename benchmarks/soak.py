@@ -160,9 +160,12 @@ def soak(frames: int, fps: float, policy: str, folder: Path) -> dict[str, Any]:
         "decode_errors": stats["decode_errors"],
         "sequence_gaps": stats["sequence_gaps"],
         "host_received": stats["received"],
-        # Logged "sent" by a camera (queued on its socket) but never received: e.g. still queued when the
-        # camera exited (its 1 s linger), which the host cannot see as a gap.
-        "sent_not_received": sum(sent.values()) - stats["received"],
+        # Every frame a camera sent is acked by the host or counted lost by the camera (see transport).
+        "camera_link": {
+            cam: {k: s.get(k) for k in ("sent", "acked", "lost", "dropped")} for cam, s in run.edge_stats.items()
+        },
+        "sent_unaccounted": sum(s["sent"] - s["acked"] - s["lost"] for s in run.edge_stats.values()),
+        "host_link": stats["link"],
         "received_unaccounted": stats["received"]
         - decoded
         - sum(stats["dropped"].values())

@@ -56,6 +56,8 @@ def test_every_sent_frame_is_decoded_bit_exactly(stereo: Path, tmp_path: Path) -
     decoded = {(r["camera"], r["seq"]): r["symbols"] for r in run.host_frames}
     assert len(sent) == 2 * frames
     assert decoded == sent, "the host must decode every sent frame, with the very symbols the camera coded"
+    for cam in (0, 1):  # ... and each camera knows it: the host acked every frame
+        assert {k: run.edge_stats[cam][k] for k in ("sent", "acked", "lost")} == {"sent": 5, "acked": 5, "lost": 0}
 
     # The decoded pictures equal an offline decode of the same images (same graphs, same tables).
     bundle = load_bundle(stereo)
@@ -121,6 +123,10 @@ def test_cameras_survive_a_host_restart(stereo: Path, tmp_path: Path) -> None:
     assert undecoded_after_reconnect <= sum(run.host_stats["dropped"].values())
     assert run.host_stats["sequence_gaps"] == 0
     assert run.host_stats["rejected"] == {}
+    for cam in (0, 1):  # nothing silently lost: each frame a camera sent was acked by a host or counted lost
+        edge = run.edge_stats[cam]
+        assert edge["sent"] == edge["acked"] + edge["lost"]
+        assert edge["sent"] == sum(r["sent"] for r in run.edge_frames[cam])
 
 
 def _frame(bundle_id: bytes, role: Role = Role.REFERENCE, seq: int = 0) -> bytes:

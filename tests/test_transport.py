@@ -143,7 +143,7 @@ def test_host_restart_on_the_same_port_is_survived() -> None:
 def test_stalled_host_is_reset_by_heartbeats_and_flow_resumes() -> None:
     ivl, hb_timeout = 100, 300
     receiver = FrameReceiver("tcp://127.0.0.1:*", rcvhwm=1, heartbeat_ivl_ms=ivl, heartbeat_timeout_ms=hb_timeout)
-    sender = FrameSender(receiver.endpoint, heartbeat_ivl_ms=ivl, heartbeat_timeout_ms=hb_timeout)
+    sender = FrameSender(receiver.endpoint, heartbeat_ivl_ms=ivl, heartbeat_timeout_ms=hb_timeout, ack_timeout_ms=1000)
     with receiver, sender:
         connect(sender, receiver)
         stalled_until = time.monotonic() + 1.5  # the host reads nothing for 5 heartbeat timeouts
@@ -161,6 +161,11 @@ def test_stalled_host_is_reset_by_heartbeats_and_flow_resumes() -> None:
             delivered += got is not None and len(got) == 65_536
         assert got == b"fresh"
         assert delivered < accepted  # the reset link took its queued frames with it
+        assert sender.drain(timeout_ms=3000) == 0
+        # ... and the camera counted each of them lost: every frame it sent is either acked or lost.
+        # A frame the host read from the reset connection could not be acked: it counts on both sides.
+        assert sender.stats.acked == receiver.stats.received - receiver.stats.acks_dropped
+        assert sender.stats.lost == sender.stats.sent - sender.stats.acked > 0
 
 
 def test_oversized_message_is_not_delivered_and_the_link_recovers() -> None:
@@ -179,23 +184,60 @@ def test_oversized_message_is_not_delivered_and_the_link_recovers() -> None:
         assert got == b"small"
         while (data := receiver.recv(timeout_ms=100)) is not None:
             assert len(data) <= 1000
-        assert receiver.stats.rejected_multipart == 0
+        assert receiver.stats.rejected_envelope == 0
 
 
-def test_multipart_message_is_rejected_and_counted(receiver: FrameReceiver) -> None:
+def test_message_without_the_token_envelope_is_rejected_and_counted(receiver: FrameReceiver) -> None:
     ctx = zmq.Context()
     try:
-        raw = ctx.socket(zmq.PUSH)
+        raw = ctx.socket(zmq.DEALER)
         raw.setsockopt(zmq.LINGER, 0)
         raw.connect(receiver.endpoint)
-        raw.send_multipart([b"header", b"payload"])
-        raw.send(b"single")
+        raw.send(b"a frame without a token")
+        raw.send_multipart([b"short", b"payload"])
+        raw.send_multipart([b"12345678", b"single"])
         assert receiver.recv(timeout_ms=5000) == b"single"
-        assert receiver.stats.rejected_multipart == 1
+        assert receiver.stats.rejected_envelope == 2
         assert receiver.stats.received == 1
+        assert raw.poll(5000) and raw.recv() == b"12345678", "the frame taken is acked with its token"
         raw.close()
     finally:
         ctx.term()
+
+
+def test_every_frame_taken_is_acked_and_drain_waits_for_the_acks(receiver: FrameReceiver) -> None:
+    with FrameSender(receiver.endpoint) as sender:
+        connect(sender, receiver)
+        frames = [bytes([i]) * 100 for i in range(20)]
+        got = recv_n(receiver, len(frames), send_all(sender, frames, receiver))
+        assert got == frames
+        assert sender.drain(timeout_ms=5000) == 0
+        assert (sender.stats.acked, sender.stats.lost, sender.in_flight) == (sender.stats.sent, 0, 0)
+
+
+def test_frames_the_host_never_takes_are_counted_lost_not_dropped_silently() -> None:
+    with FrameReceiver("tcp://127.0.0.1:*") as receiver, FrameSender(receiver.endpoint) as sender:
+        connect(sender, receiver)
+        sent_before = sender.stats.sent
+        for i in range(3):
+            assert sender.send(bytes([i]))
+        assert sender.drain(timeout_ms=300) == 3, "the host does not read, so no ack comes"
+        sender.close()
+        assert sender.stats.lost == 3 and sender.stats.acked == sent_before
+        assert sender.stats.sent == sender.stats.acked + sender.stats.lost
+
+
+def test_ack_timeout_counts_frames_lost_with_a_host_that_died() -> None:
+    receiver = FrameReceiver("tcp://127.0.0.1:*")
+    with FrameSender(receiver.endpoint, heartbeat_ivl_ms=100, heartbeat_timeout_ms=200, ack_timeout_ms=400) as sender:
+        connect(sender, receiver)
+        sender.drain(timeout_ms=2000)
+        receiver.close()  # the host dies with the frames below unread
+        sent = [sender.send(b"x") for _ in range(3)]
+        time.sleep(0.6)
+        sender.poll_acks()
+        assert sender.stats.lost == sum(sent) and sender.in_flight == 0
+        assert sender.stats.sent == sender.stats.acked + sender.stats.lost
 
 
 def test_recv_times_out_with_none(receiver: FrameReceiver) -> None:
@@ -241,7 +283,7 @@ def test_configuration_and_lifecycle_errors(receiver: FrameReceiver) -> None:
     with pytest.raises(TransportError):
         FrameSender("not-an-endpoint")
     with pytest.raises(TransportError):  # libzmq refuses the option: nothing is left open
-        FrameSender(receiver.endpoint, heartbeat_timeout_ms=10**8)
+        FrameSender(receiver.endpoint, heartbeat_timeout_ms=10**8, ack_timeout_ms=10**8 + 1)
     sender = FrameSender(receiver.endpoint)
     sender.close()
     sender.close()

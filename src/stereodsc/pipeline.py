@@ -47,6 +47,7 @@ class PipelineRun:
     host_stats: dict[str, Any]
     host_frames: list[dict[str, Any]]  # one per decoded frame (host frame_log)
     edge_frames: dict[int, list[dict[str, Any]]]  # camera id -> one per captured frame (edge frame_log)
+    edge_stats: dict[int, dict[str, Any]]  # camera id -> its final statistics (sent, acked, lost, ...)
 
     @property
     def decoded_dir(self) -> Path:
@@ -55,6 +56,11 @@ class PipelineRun:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """A camera's final statistics, or {} for a camera killed before it could write them."""
+    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -125,11 +131,16 @@ def edge_config(
         },
         "codec": {"bundle": str(bundle), "quality": quality, "backend": backend},
         "link": {"endpoint": f"tcp://127.0.0.1:{port}", "wait_for_host_s": 60.0},
-        "log": {"stats_every_s": 5.0, "frame_log": str(folder / f"edge{cam.camera_id}_frames.jsonl")},
+        "log": {
+            "stats_every_s": 5.0,
+            "frame_log": str(folder / f"edge{cam.camera_id}_frames.jsonl"),
+            "stats_file": str(folder / f"edge{cam.camera_id}_stats.json"),
+        },
     }
     for name, table in (extra or {}).items():
         cfg.setdefault(name, {}).update(table)
     (folder / f"edge{cam.camera_id}_frames.jsonl").unlink(missing_ok=True)
+    (folder / f"edge{cam.camera_id}_stats.json").unlink(missing_ok=True)
     cfg_path = folder / f"edge{cam.camera_id}.toml"
     cfg_path.write_text(dump_toml(cfg))
     return cfg_path
@@ -156,6 +167,7 @@ def collect(folder: Path, cameras: tuple[CameraSpec, ...], tag: str = "host") ->
         json.loads(stats_path.read_text()),
         _read_jsonl(folder / f"{tag}_frames.jsonl"),
         {c.camera_id: _read_jsonl(folder / f"edge{c.camera_id}_frames.jsonl") for c in cameras},
+        {c.camera_id: _read_json(folder / f"edge{c.camera_id}_stats.json") for c in cameras},
     )
 
 

@@ -1,16 +1,22 @@
 """ZeroMQ links between camera boards and the host that never block a camera and survive restarts.
 
-Camera -> host is **PUSH (camera connects) -> PULL (host binds)**:
+Camera -> host is **DEALER (camera connects) -> ROUTER (host binds)**, and every frame is acknowledged:
 
-- The host binds one endpoint; any number of cameras connect to it and PULL fair-queues between them.
+- The host binds one endpoint; any number of cameras connect to it and ROUTER fair-queues between them.
 - The connecting side reconnects by itself (``RECONNECT_IVL`` backing off to ``RECONNECT_IVL_MAX``),
   so a restarted host is found again without restarting a camera; the host may also start last.
 - Every send is ``NOBLOCK``: when the frame cannot be queued the camera drops it, counts it and goes on
   with the next frame (a stale frame is worth less than the next one).
-- Frames are one-way, single-part and self-describing (the wire header names the rig, camera and seq),
-  so DEALER -> ROUTER's routing-id envelope and return path would buy nothing on the frame path. Acks,
-  credits or key rotation, when wanted, belong on a separate control socket, not in the frame stream.
-  REQ/REP is out: it blocks the sender and hangs when the host restarts (imagezmq #1, #18, #35, #49).
+- Delivery is confirmed, so no frame is lost silently. A camera sends ``[token, frame]``, token = 8
+  bytes counting its sends; the host's `FrameReceiver.recv` answers ``[token]`` on the same connection
+  (ROUTER's return path) the moment it takes the frame: from then on the host's own counters account
+  for it (decoded, or dropped for a named reason). The camera keeps the tokens in flight and counts
+  each frame ``acked``, or ``lost`` when no ack comes within ``ack_timeout_ms`` (a connection reset
+  drops what was queued on it) or by the end of `FrameSender.drain` at shutdown; ``sent = acked +
+  lost + in flight`` at every moment. Acks never block the host: one that cannot be queued is dropped
+  and counted (the camera then reports that frame lost although the host has it: an over-count,
+  never an under-count). REQ/REP is out: it blocks the sender and hangs when the host restarts
+  (imagezmq #1, #18, #35, #49).
 
 Options and why:
 
@@ -30,10 +36,12 @@ Options and why:
   link, dropping what was queued on it, and reconnects; a host that reads slowly is not affected.
   ``CONNECT_TIMEOUT`` (= heartbeat timeout) keeps a connect to a
   silent, unplugged host from waiting out the OS's two-minute SYN retries before the next attempt.
-- ``LINGER=0``: closing never waits for unsent frames.
+- ``LINGER=0``: closing never waits for unsent frames; a camera that ends calls `FrameSender.drain`
+  first, which waits (bounded) for the acks of what is still in flight.
 - Host side, ``MAXMSGSIZE``: libzmq refuses a larger message as it reads the length, before allocating
   it, and resets that sender's connection (which reconnects by itself). libzmq does not report this,
-  so it is not in the receiver's stats. Multipart messages are read, counted and discarded.
+  so it is not in the receiver's stats (the camera's ack timeout counts the frame lost). Messages
+  that are not ``[token, frame]`` are read, counted and discarded.
 
 Decoded frames leave the host on a PUB socket (`DecodedPublisher`): PUB never blocks and drops
 messages for a subscriber whose queue is full, which is what a live viewer wants.
@@ -51,8 +59,9 @@ speaks plain or holds the wrong host key fails the handshake before ZAP and is n
 
 from __future__ import annotations
 
+import struct
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TypeVar
@@ -69,6 +78,7 @@ _TCP_KEEPALIVE_CNT = 3
 
 
 _L = TypeVar("_L", bound="_Link")
+_TOKEN = struct.Struct(">Q")  # a camera's send counter, echoed back as the ack
 _MAX_REFUSALS_KEPT = 1024  # refused keys waiting for `FrameReceiver.refused_keys`; older ones are dropped
 
 
@@ -81,12 +91,19 @@ class SenderStats:
     sent: int = 0
     dropped_full: int = 0
     """Frames not queued: no connected host (see ``IMMEDIATE``) or its queue at the high-water mark."""
+    acked: int = 0
+    """Sent frames the host confirmed it took."""
+    lost: int = 0
+    """Sent frames never confirmed: no ack within ``ack_timeout_ms``, or still in flight at close."""
 
 
 @dataclass
 class ReceiverStats:
     received: int = 0
-    rejected_multipart: int = 0
+    rejected_envelope: int = 0
+    """Messages that were not ``[token, frame]`` (not from a `FrameSender`): discarded."""
+    acks_dropped: int = 0
+    """Acks that could not be queued back to their camera (it then counts that frame lost)."""
     refused_auth: int = 0
     """CURVE handshakes the ZAP allow-list refused (counted as `FrameReceiver.refused_keys` reads them)."""
 
@@ -216,7 +233,7 @@ class _Link:
 
 
 class FrameSender(_Link):
-    """The camera's end: connects a PUSH socket to the host; `send` never blocks."""
+    """The camera's end: connects a DEALER socket to the host; `send` never blocks, every frame is acked."""
 
     def __init__(
         self,
@@ -228,6 +245,7 @@ class FrameSender(_Link):
         heartbeat_timeout_ms: int = 3000,
         reconnect_ivl_ms: int = 100,
         reconnect_ivl_max_ms: int = 2000,
+        ack_timeout_ms: int = 10_000,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: ClientCurve | None = None,
     ) -> None:
@@ -238,9 +256,17 @@ class FrameSender(_Link):
                 "reconnects need 0 < reconnect_ivl_ms <= reconnect_ivl_max_ms, "
                 f"got {reconnect_ivl_ms} and {reconnect_ivl_max_ms}"
             )
+        if ack_timeout_ms <= heartbeat_timeout_ms:
+            raise ConfigError(
+                f"ack_timeout_ms ({ack_timeout_ms}) must exceed heartbeat_timeout_ms ({heartbeat_timeout_ms}): "
+                "a slow host would otherwise have its frames counted lost"
+            )
         self.stats = SenderStats()
+        self.ack_timeout_s = ack_timeout_ms / 1000
+        self._next_token = 0
+        self._in_flight: OrderedDict[bytes, float] = OrderedDict()  # token -> monotonic send time, oldest first
         super().__init__(
-            zmq.PUSH,
+            zmq.DEALER,
             endpoint,
             bind=False,
             options={
@@ -257,20 +283,63 @@ class FrameSender(_Link):
             curve=curve,
         )
 
+    @property
+    def in_flight(self) -> int:
+        """Frames sent and not yet acked nor counted lost."""
+        return len(self._in_flight)
+
     def send(self, data: bytes) -> bool:
         """Queue one packed frame; False (and counted in ``stats.dropped_full``) if it could not be."""
         self._check_open()
+        self.poll_acks()
+        token = _TOKEN.pack(self._next_token)
         try:
-            self._socket.send(data, zmq.NOBLOCK)
+            self._socket.send_multipart([token, data], zmq.NOBLOCK)
         except zmq.Again:
             self.stats.dropped_full += 1
             return False
+        self._next_token = (self._next_token + 1) & 0xFFFFFFFFFFFFFFFF
+        self._in_flight[token] = time.monotonic()
         self.stats.sent += 1
         return True
 
+    def poll_acks(self) -> None:
+        """Take the acks that arrived (never waits) and count frames whose ack is overdue as lost."""
+        self._check_open()
+        while True:
+            try:
+                token = self._socket.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            if self._in_flight.pop(token, None) is not None:
+                self.stats.acked += 1
+        overdue = time.monotonic() - self.ack_timeout_s
+        while self._in_flight and next(iter(self._in_flight.values())) < overdue:
+            self._in_flight.popitem(last=False)
+            self.stats.lost += 1
+
+    def drain(self, timeout_ms: int) -> int:
+        """Wait up to `timeout_ms` for the acks of every frame in flight; returns how many are still
+        unconfirmed (a source that ended wants its last frames delivered, or counted)."""
+        deadline = time.monotonic() + timeout_ms / 1000
+        self.poll_acks()
+        while self._in_flight and (remaining := deadline - time.monotonic()) > 0:
+            self._socket.poll(max(1, round(remaining * 1000)), zmq.POLLIN)
+            self.poll_acks()
+        return len(self._in_flight)
+
+    def close(self, flush_ms: int | None = None) -> None:
+        """Close; frames still unconfirmed count as lost (call `drain` first to wait for them)."""
+        if not self._socket.closed:
+            self.poll_acks()
+            self.stats.lost += len(self._in_flight)
+            self._in_flight.clear()
+        super().close(flush_ms)
+
 
 class FrameReceiver(_Link):
-    """The host's end: binds a PULL socket that every camera connects to (with `curve`: only allowed ones)."""
+    """The host's end: binds a ROUTER socket that every camera connects to (with `curve`: only allowed ones)
+    and acks every frame it takes."""
 
     def __init__(
         self,
@@ -290,10 +359,10 @@ class FrameReceiver(_Link):
             raise ConfigError(f"max_frame_bytes must be >= 1, got {max_frame_bytes}")
         self.stats = ReceiverStats()
         super().__init__(
-            zmq.PULL,
+            zmq.ROUTER,
             endpoint,
             bind=True,
-            options={zmq.RCVHWM: rcvhwm, zmq.MAXMSGSIZE: max_frame_bytes},
+            options={zmq.RCVHWM: rcvhwm, zmq.MAXMSGSIZE: max_frame_bytes, zmq.ROUTER_MANDATORY: 1},  # unsent acks raise
             linger_ms=linger_ms,
             heartbeat_ivl_ms=heartbeat_ivl_ms,
             heartbeat_timeout_ms=heartbeat_timeout_ms,
@@ -311,9 +380,9 @@ class FrameReceiver(_Link):
         return keys
 
     def recv(self, timeout_ms: int) -> bytes | None:
-        """The next single-part message, or None if none came within `timeout_ms` (0: don't wait).
+        """The next frame (acked to its camera), or None if none came within `timeout_ms` (0: don't wait).
 
-        Multipart messages are discarded and counted; the wait for a valid one goes on until the timeout.
+        Messages that are not ``[token, frame]`` are discarded and counted; the wait goes on until the timeout.
         """
         if timeout_ms < 0:
             raise ValueError(f"timeout_ms must be >= 0 (the host loop must wake up), got {timeout_ms}")
@@ -321,18 +390,22 @@ class FrameReceiver(_Link):
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             try:
-                data = self._socket.recv(zmq.NOBLOCK)
+                parts = self._socket.recv_multipart(zmq.NOBLOCK)  # ROUTER prepends the camera's routing id
             except zmq.Again:
                 remaining_ms = max(0, round((deadline - time.monotonic()) * 1000))
                 if remaining_ms == 0 or not self._socket.poll(remaining_ms, zmq.POLLIN):
                     return None
                 continue
-            if not self._socket.get(zmq.RCVMORE):
-                self.stats.received += 1
-                return data
-            while self._socket.get(zmq.RCVMORE):  # the parts of one message arrive together
-                self._socket.recv(zmq.NOBLOCK)
-            self.stats.rejected_multipart += 1
+            if len(parts) != 3 or len(parts[1]) != _TOKEN.size:
+                self.stats.rejected_envelope += 1
+                continue
+            peer, token, data = parts
+            try:
+                self._socket.send_multipart([peer, token], zmq.NOBLOCK)
+            except zmq.ZMQError:  # the camera's return queue is full or it just went away
+                self.stats.acks_dropped += 1
+            self.stats.received += 1
+            return data
 
 
 class DecodedPublisher(_Link):

@@ -14,7 +14,7 @@ import logging
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -53,12 +53,14 @@ class LinkSection:
     endpoint: str = "tcp://127.0.0.1:5555"
     send_hwm: int = 4
     wait_for_host_s: float = 0.0  # at start, hold the first frame until the host is connected (0: don't)
+    drain_s: float = 5.0  # at the end, wait this long for the host to ack the frames still in flight
 
 
 @dataclass
 class LogSection:
     stats_every_s: float = 10.0
     frame_log: str = ""  # JSON lines, one per frame (seq, bytes, symbols sha256): for audits and tests
+    stats_file: str = ""  # write the final statistics (captured, sent, acked, lost, ...) here as JSON
 
 
 @dataclass
@@ -88,6 +90,8 @@ def edge_config_from_dict(raw: dict[str, Any], source: str = "<edge config>") ->
     cfg = EdgeConfig(**sections(raw, schema, source))
     if cfg.camera.role not in ROLES:
         raise ConfigError(f"{source}: [camera] role = {cfg.camera.role!r}; choose 'reference' or 'dependent'")
+    if cfg.link.drain_s < 0 or cfg.link.wait_for_host_s < 0:
+        raise ConfigError(f"{source}: [link] drain_s and wait_for_host_s are seconds >= 0")
     sec = cfg.security
     if sec.curve and not (sec.secret and sec.server_public):
         raise ConfigError(f"{source}: [security] curve = true needs secret and server_public")
@@ -103,6 +107,8 @@ class NodeStats:
     captured: int = 0
     sent: int = 0
     dropped: int = 0  # the send queue was full or the host is not connected
+    acked: int = 0  # sent and confirmed taken by the host
+    lost: int = 0  # sent and never confirmed (link reset, host gone): see transport
     bytes_sent: int = 0
     encode_s: float = 0.0
 
@@ -111,7 +117,8 @@ class NodeStats:
         per_frame = self.bytes_sent / self.sent if self.sent else 0.0
         enc_ms = 1000 * self.encode_s / self.captured if self.captured else 0.0
         return (
-            f"captured {self.captured} ({fps:.1f} fps), sent {self.sent}, dropped {self.dropped}, "
+            f"captured {self.captured} ({fps:.1f} fps), sent {self.sent} (acked {self.acked}, lost {self.lost}), "
+            f"dropped {self.dropped}, "
             f"{per_frame:.0f} B/frame, encode {enc_ms:.1f} ms/frame"
         )
 
@@ -149,6 +156,9 @@ class CameraNode:
 
     def stop(self, *_: object) -> None:
         self._stop = True
+
+    def _take_link_stats(self) -> None:
+        self.stats.acked, self.stats.lost = self.sender.stats.acked, self.sender.stats.lost
 
     def _paced(self) -> Iterator[Any]:
         period = 1.0 / self.cfg.camera.fps if self.cfg.camera.fps > 0 else 0.0
@@ -225,6 +235,7 @@ class CameraNode:
                     log_file.flush()
                 self.seq = (self.seq + 1) & 0xFFFFFFFF
                 now = time.monotonic()
+                self._take_link_stats()
                 if now - last_stats >= self.cfg.log.stats_every_s:
                     log.info("camera %d.%d: %s", cam.rig_id, cam.camera_id, self.stats.line(now - started))
                     last_stats = now
@@ -233,9 +244,21 @@ class CameraNode:
         finally:
             if log_file:
                 log_file.close()
-            # The source ended or a stop was asked: give the last queued frames a moment to leave.
-            self.sender.close(flush_ms=1000)
+            # The source ended or a stop was asked: wait (bounded) until the host has the last frames.
+            unconfirmed = self.sender.drain(round(self.cfg.link.drain_s * 1000))
+            self.sender.close()
+            self._take_link_stats()
+            if unconfirmed or self.stats.lost:
+                log.warning(
+                    "camera %d.%d: %d sent frames were never confirmed by the host (%d still in flight at the end)",
+                    cam.rig_id,
+                    cam.camera_id,
+                    self.stats.lost,
+                    unconfirmed,
+                )
         log.info("camera %d.%d stopped: %s", cam.rig_id, cam.camera_id, self.stats.line(time.monotonic() - started))
+        if self.cfg.log.stats_file:
+            Path(self.cfg.log.stats_file).write_text(json.dumps(asdict(self.stats), indent=2))
         return self.stats
 
 

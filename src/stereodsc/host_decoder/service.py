@@ -175,6 +175,7 @@ class HostStats:
     decode_errors: Counter[str] = field(default_factory=Counter)
     sequence_gaps: int = 0  # frames a camera numbered but the host never received
     refused_keys: Counter[str] = field(default_factory=Counter)  # CURVE handshakes refused, by camera key
+    link: dict[str, int] = field(default_factory=dict)  # the receiver's: acks_dropped, rejected_envelope
     latency: LatencyStats = field(default_factory=LatencyStats)
     cameras: dict[tuple[int, int], CameraState] = field(default_factory=dict)  # (rig, camera) -> state
     stale_after_s: float = 0.0
@@ -197,6 +198,7 @@ class HostStats:
             "decode_errors": dict(self.decode_errors),
             "sequence_gaps": self.sequence_gaps,
             "refused_keys": dict(self.refused_keys),
+            "link": dict(self.link),
             "cameras": self._cameras_dict(time.monotonic()),
             "latency": self.latency.percentiles(),
         }
@@ -292,6 +294,8 @@ class HostService:
             while not self._stop:
                 self.check_refused()
                 data = self.receiver.recv(timeout_ms=50)
+                rx = self.receiver.stats
+                self.stats.link = {"acks_dropped": rx.acks_dropped, "rejected_envelope": rx.rejected_envelope}
                 now = time.monotonic()
                 if data is not None:
                     last_rx = now

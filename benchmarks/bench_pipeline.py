@@ -368,8 +368,8 @@ def bench_service(bundle: Bundle, refs: list[bytes], deps: list[bytes], warmup: 
         sinks=SinkSection(frame_log=str(log)),
     )
     service = HostService(cfg)
-    timer = DecodeTimer(service.decoder)
-    service.decoder = timer  # type: ignore[assignment]
+    timer = DecodeTimer(service.decoders[bundle.id_bytes])
+    service.decoders[bundle.id_bytes] = timer  # type: ignore[assignment]
     n = len(refs)
     overhead, handle = [], []
     try:

@@ -9,7 +9,7 @@ import pytest
 from stereodsc.cli import build_parser, main
 from tiny_models import bundle_dir
 
-COMMANDS = ("train", "calibrate", "edge", "host", "export", "encode", "decode", "eval", "keys", "demo")
+COMMANDS = ("train", "calibrate", "edge", "host", "export", "encode", "decode", "eval", "keys", "models", "demo")
 
 
 def test_every_command_has_help(capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,3 +51,20 @@ def test_keys_new_writes_a_pair(tmp_path: Path) -> None:
     assert main(["keys", "new", "cam1", "--dir", str(tmp_path)]) == 0
     assert (tmp_path / "cam1.key").is_file() and (tmp_path / "cam1.key_secret").is_file()
     assert main(["keys", "new", "cam1", "--dir", str(tmp_path)]) == 2  # never overwrites a key
+
+
+def test_models_lists_every_shipped_bundle_and_configs_name_them(capsys: pytest.CaptureFixture[str]) -> None:
+    from stereodsc.bundle import load_bundle
+    from stereodsc.bundles import resolve_bundle, shipped_bundles
+
+    shipped = shipped_bundles()
+    assert "default" in shipped
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    for name, folder in shipped.items():
+        bundle = load_bundle(folder)
+        assert f"{name}: bundle {bundle.id[:16]}" in out
+        assert out.count("lambda") >= sum(len(c.qualities) for c in bundle.codecs.values())
+        assert resolve_bundle(name) == folder  # a config may say bundle = "<name>"
+    assert resolve_bundle("") == shipped["default"]
+    assert resolve_bundle("some/folder") == Path("some/folder")

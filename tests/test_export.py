@@ -58,6 +58,29 @@ def test_stereo_bundle_manifest_and_parity(stereo: Path) -> None:
             assert q.load_tables()["y"].num_rows == 8
 
 
+def test_float16_weights_halve_the_bundle_and_keep_parity(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    import onnx
+
+    checkpoints = [checkpoint(tmp_path_factory, n) for n in ("balle_hi", "ndic_hi")]
+    full = export_bundle(
+        checkpoints, tmp_path / "f32", sample_images=[sample_pair()], weights="float32", progress=False
+    )
+    half = export_bundle(checkpoints, tmp_path / "f16", sample_images=[sample_pair()], progress=False)
+    graphs = {p.relative_to(tmp_path / "f16") for p in (tmp_path / "f16").rglob("*.onnx")}
+    size = {k: sum((tmp_path / k / g).stat().st_size for g in graphs) for k in ("f16", "f32")}
+    assert size["f16"] < 0.7 * size["f32"]  # tiny models: many tensors stay float32; shipped ones: ~0.5
+    model = onnx.load(str(tmp_path / "f16/side_info/q0/host.onnx"))
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in model.graph.initializer)
+    assert load_bundle(tmp_path / "f16").manifest["codecs"]["intra"]["weights"] == "float16"
+    for result in half.parity:  # onnxruntime on the stored float16 kernels == torch on the rounded ones
+        assert result.symbol_mismatches == 0 and result.host_max_abs_diff <= 1
+    assert len(full.parity) == len(half.parity)
+    with pytest.raises(ConfigError, match="weights"):
+        export_bundle(checkpoints, tmp_path / "bad", weights="int4", progress=False)
+
+
 def test_ndic_cam_is_dynamic_and_dsin_host_is_per_size(tmp_path_factory: pytest.TempPathFactory) -> None:
     cam = load_bundle(bundle_dir(tmp_path_factory, "cam")).codec("side_info")
     assert cam.model == "ndic_cam" and cam.qualities[0].host.dynamic

@@ -15,6 +15,7 @@ import pytest
 from stereodsc.bundle import load_bundle
 from stereodsc.edge_encoder.encoder import EdgeEncoder
 from stereodsc.edge_encoder.sources import kitti_frames
+from stereodsc.export import export_bundle
 from stereodsc.host_decoder.decoder import HostDecoder
 from stereodsc.host_decoder.service import HostService, host_config_from_dict
 from stereodsc.images import read_rgb
@@ -31,7 +32,7 @@ from stereodsc.pipeline import (
 )
 from stereodsc.sample import drive_path
 from stereodsc.wire import Frame, Role, unpack
-from tiny_models import bundle_dir
+from tiny_models import bundle_dir, checkpoint
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -70,6 +71,28 @@ def test_every_sent_frame_is_decoded_bit_exactly(stereo: Path, tmp_path: Path) -
         dep = decoder.decode(dep_frame, ref).image
         assert np.array_equal(read_rgb(run.decoded_dir / f"rig1_cam0_{seq:010d}.png"), ref)
         assert np.array_equal(read_rgb(run.decoded_dir / f"rig1_cam1_{seq:010d}.png"), dep)
+
+
+def test_cameras_may_run_different_bundles_the_host_has(
+    stereo: Path, tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The reference camera codes with one bundle's intra codec, the dependent camera with DSIN's
+    side-information bundle (as the shipped "dsin" bundle is used); the host loads both."""
+    dsin = tmp_path_factory.getbasetemp() / "dsin_192x384"
+    export_bundle([checkpoint(tmp_path_factory, "dsin")], dsin, sample_images=[], sizes=[(192, 384)], progress=False)
+    run = run_pipeline(
+        stereo,
+        tmp_path,
+        frames=3,
+        fps=10.0,
+        host_extra={"host": {"extra_bundles": [str(dsin)]}},
+        edge_extra={1: {"codec": {"bundle": str(dsin)}}},
+    )
+    stats = run.host_stats
+    assert stats["rejected"] == {} and stats["dropped"] == {} and stats["decode_errors"] == {}
+    assert stats["decoded_reference"] == 3 and stats["decoded_with_side_info"] == 3
+    sent = {(cam, r["seq"]): r["symbols"] for cam, recs in run.edge_frames.items() for r in recs if r["sent"]}
+    assert {(r["camera"], r["seq"]): r["symbols"] for r in run.host_frames} == sent
 
 
 def _lines(path: Path) -> int:

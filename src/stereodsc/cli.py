@@ -114,6 +114,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         sizes=sizes,
         opset=args.opset,
         allow_boundary_flips=not args.strict_symbols,
+        weights=args.weights,
         overwrite=args.overwrite,
         progress=not args.quiet,
     )
@@ -166,6 +167,20 @@ def cmd_keys(args: argparse.Namespace) -> int:
         f"host's to every camera as [security] server_public)"
     )
     print(f"secret key: {secret}  (keep it on this machine only: [security] secret / server_secret)")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from stereodsc.bundles import describe, folder_bytes, shipped_bundles
+
+    shipped = shipped_bundles()
+    if not shipped:
+        print("this install ships no bundles; export one with 'stereodsc export'")
+        return 1
+    for folder in shipped.values():
+        print(describe(folder, verify=args.verify))
+    total = sum(folder_bytes(f) for f in shipped.values())
+    print(f'{len(shipped)} bundles, {total / 1e6:.1f} MB; name one in a config: [codec] bundle = "dsin"')
     return 0
 
 
@@ -266,6 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="fail on any onnxruntime/torch symbol difference, even a rounding-boundary flip",
     )
+    x.add_argument(
+        "--weights",
+        choices=["float16", "float32"],
+        default="float16",
+        help="storage of the convolution kernels (default float16: half the size, computed in float32; "
+        "the graphs are checked against the model with the rounded kernels)",
+    )
     x.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     x.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     x.set_defaults(func=cmd_export)
@@ -355,6 +377,15 @@ def build_parser() -> argparse.ArgumentParser:
     k.add_argument("name", help="file name of the pair, e.g. the camera's name or 'host'")
     k.add_argument("--dir", default="keys", help="folder to write into (default keys/)")
     k.set_defaults(func=cmd_keys)
+
+    m = sub.add_parser(
+        "models",
+        help="list the trained bundles that ship with stereodsc",
+        description="List the shipped bundles: id, size, codecs, and per quality its lambda and the bpp, PSNR and "
+        "MS-SSIM measured on held-out KITTI frames at training (128x256). A config names one by its name.",
+    )
+    m.add_argument("--verify", action="store_true", help="also check every file against its sha256")
+    m.set_defaults(func=cmd_models)
 
     d = sub.add_parser(
         "demo",

@@ -1,20 +1,69 @@
-"""Bundles that ship inside the package (see README, "Shipped models").
+"""Bundles that ship inside the package (see README, "Shipped models"; `stereodsc models` lists them).
 
 `default/` holds the codecs a fresh install uses when a config names no bundle: the reference
-camera's intra codec and the dependent cameras' side-information codec, at several qualities.
+camera's intra codec (balle2017) and the dependent cameras' side-information codec (ndic), at four
+qualities each. `dsin/` holds DSIN's side-information codec only (its reference camera uses the
+default bundle's intra codec), for the comparison of the papers' methods; its host graphs are
+fixed-size (the SI-Finder), exported for 128x256 and 375x1242.
+
+A config's ``bundle`` may name a shipped bundle ("default", "dsin") instead of a folder.
 """
 
 from pathlib import Path
 
 from stereodsc.errors import ConfigError
 
+_HERE = Path(__file__).resolve().parent
 
-def default_bundle() -> Path:
-    """Folder of the shipped default bundle, or a ConfigError saying how to get one."""
-    path = Path(__file__).resolve().parent / "default"
-    if not (path / "manifest.json").is_file():
+
+def shipped_bundles() -> dict[str, Path]:
+    """Name -> folder of every bundle this install ships (those whose manifest is present)."""
+    return {p.name: p for p in sorted(_HERE.iterdir()) if (p / "manifest.json").is_file()}
+
+
+def resolve_bundle(name_or_path: str) -> Path:
+    """A bundle folder from a config value: empty -> the default bundle, a shipped bundle's name, or a path."""
+    name = name_or_path or "default"
+    shipped = shipped_bundles()
+    if name in shipped and not Path(name).exists():
+        return shipped[name]
+    if not name_or_path:
         raise ConfigError(
             "no bundle configured and no default bundle ships with this install; "
             "set [codec] bundle / [host] bundle to a folder made by 'stereodsc export'"
         )
-    return path
+    return Path(name_or_path)
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def describe(folder: Path, verify: bool = False) -> str:
+    """A few lines on a bundle: id, size, and per codec its model and qualities with their lambda and
+    the validation bpp / PSNR / MS-SSIM recorded at training (128x256, held-out frames)."""
+    from stereodsc.bundle import load_bundle
+
+    bundle = load_bundle(folder, verify=verify)
+    lines = [f"{folder.name}: bundle {bundle.id[:16]}, {folder_bytes(folder) / 1e6:.1f} MB, {folder}"]
+    for role, codec in bundle.codecs.items():
+        raw = bundle.manifest["codecs"][role]
+        cfg = codec.model_config
+        lines.append(
+            f"  {role:9s} {codec.model} (N={cfg.get('N')}, M={cfg.get('M')}), {raw.get('weights', 'float32')} "
+            f"weights, graphs {'/'.join(raw['shapes'].values())}, sizes {', '.join(raw['sizes'])}"
+        )
+        for q in codec.qualities:
+            m = q.metrics
+            card = (
+                f"bpp {m['bpp']:.3f}, PSNR {m['psnr']:.2f} dB, MS-SSIM {m['ms_ssim']:.3f}"
+                if "bpp" in m
+                else "no metrics"
+            )
+            lines.append(f"    q{q.index}  lambda {q.lmbda:<7g} {card}")
+    return "\n".join(lines)
+
+
+def default_bundle() -> Path:
+    """Folder of the shipped default bundle, or a ConfigError saying how to get one."""
+    return resolve_bundle("")

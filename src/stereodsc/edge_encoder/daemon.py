@@ -43,7 +43,7 @@ class CameraSection:
 
 @dataclass
 class CodecSection:
-    bundle: str = ""  # bundle folder (stereodsc export); empty: the bundle that ships with stereodsc
+    bundle: str = ""  # bundle folder (stereodsc export) or a shipped bundle's name (stereodsc models); empty: "default"
     quality: int = 0
     backend: str = "cpu"  # cpu | cuda | tensorrt-ep | tensorrt
 
@@ -128,7 +128,7 @@ class CameraNode:
 
     def __init__(self, cfg: EdgeConfig) -> None:
         from stereodsc.bundle import load_bundle
-        from stereodsc.bundles import default_bundle
+        from stereodsc.bundles import resolve_bundle
         from stereodsc.edge_encoder.encoder import EdgeEncoder
         from stereodsc.edge_encoder.sources import open_source
         from stereodsc.security import load_client_curve
@@ -137,7 +137,7 @@ class CameraNode:
         self.cfg = cfg
         cam = cfg.camera
         self.role = ROLES[cam.role]
-        bundle = load_bundle(cfg.codec.bundle or default_bundle())
+        bundle = load_bundle(resolve_bundle(cfg.codec.bundle))
         codec_role = "intra" if self.role == Role.REFERENCE else "side_info"
         self.encoder = EdgeEncoder(bundle, codec_role, cfg.codec.quality, cfg.codec.backend)
         self.rectify = None

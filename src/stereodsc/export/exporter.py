@@ -45,6 +45,8 @@ from stereodsc.export.graphs import (
     host_input_names,
     latent_names,
     padded_size,
+    round_weights_to_half,
+    store_weights_half,
     to_float,
 )
 from stereodsc.export.parity import (
@@ -127,6 +129,10 @@ class _Point:
     @property
     def hyperprior(self) -> ScaleHyperprior | None:
         return self.model.prior if isinstance(self.model.prior, ScaleHyperprior) else None
+
+
+WEIGHT_TYPES = ("float16", "float32")
+"""How graph weights are stored (see `export_bundle`)."""
 
 
 def _load(path: Path) -> _Point:
@@ -248,7 +254,7 @@ def _graph(
 
 
 def _export_graphs(
-    model: CompressionModel, folder: Path, rel: str, padded: list[tuple[int, int]], opset: int
+    model: CompressionModel, folder: Path, rel: str, padded: list[tuple[int, int]], opset: int, half: bool
 ) -> dict[str, dict[str, str]]:
     """Write edge and host graphs of one quality; return part -> size key -> relative path."""
     parts: dict[str, dict[str, str]] = {}
@@ -264,6 +270,8 @@ def _export_graphs(
             y_stride = size[0] // int(args[0].shape[2]) if part == "host" else None
             stride = model.stride if dynamic else None
             export_graph(module, args, folder / rel / name, inputs, outputs, opset, stride, y_stride)
+            if half:
+                store_weights_half(folder / rel / name)
             files[key] = f"{rel}/{name}"
         parts[part] = files
     return parts
@@ -297,6 +305,7 @@ def export_bundle(
     sizes: Sequence[tuple[int, int]] = DEFAULT_SIZES,
     opset: int = 18,
     allow_boundary_flips: bool = True,
+    weights: str = "float16",
     overwrite: bool = False,
     progress: bool = True,
 ) -> ExportReport:
@@ -308,12 +317,17 @@ def export_bundle(
     exported. Symbols must match torch's; `allow_boundary_flips` accepts (and reports) the ones
     that differ by 1 only because torch's latent sits within 1e-3 of a rounding boundary (float
     summation order, see `stereodsc.export.parity`); False demands identical symbols.
+    `weights`: "float16" rounds the convolution kernels to float16 before export and stores them so
+    (half the bundle; the graphs still compute in float32, parity is checked against the rounded
+    model), "float32" keeps the trained values.
     Raises ParityError (nothing written) on any other difference or if the host output drifts.
     """
     t0 = time.perf_counter()
     out = Path(out)
     if not checkpoints:
         raise ConfigError("export needs at least one checkpoint")
+    if weights not in WEIGHT_TYPES:
+        raise ConfigError(f"weights = {weights!r}: choose one of {list(WEIGHT_TYPES)}")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} exists and is not empty: choose another --out, or overwrite it")
     samples = default_samples() if sample_images is None else list(sample_images)
@@ -338,7 +352,9 @@ def export_bundle(
                 t = time.perf_counter()
                 rel = f"{role}/q{q}"
                 (folder / rel).mkdir(parents=True)
-                graphs = _export_graphs(point.model, folder, rel, padded, opset)
+                if weights == "float16":
+                    round_weights_to_half(point.model)
+                graphs = _export_graphs(point.model, folder, rel, padded, opset, half=weights == "float16")
                 tables: dict[str, CdfTables] = {}
                 for name, entropy_model in point.entropy_models.items():
                     tables[name] = _tables(entropy_model)
@@ -401,6 +417,7 @@ def export_bundle(
                     part: "dynamic" if fixed_size_reason(model, part) is None else "fixed" for part in ("edge", "host")
                 },
                 "sizes": [size_key(*p) for p in padded],
+                "weights": weights,
                 "qualities": qualities,
             }
         manifest = {"codecs": codecs, "opset": opset, "producer": _versions()}

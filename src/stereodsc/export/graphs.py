@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.export import Dim
@@ -174,3 +175,51 @@ def _drop_debug_metadata(model: Any) -> None:
         graph.metadata_props.clear()
         for node in graph.all_nodes():
             node.metadata_props.clear()
+
+
+HALF_MIN_ELEMENTS = 1024
+"""Tensors at least this large (the convolution kernels: nearly all the bytes) are stored in float16."""
+
+
+def round_weights_to_half(model: nn.Module, min_elements: int = HALF_MIN_ELEMENTS) -> int:
+    """Round the model's large float parameters to float16 values (kept as float32), in place.
+
+    The exported graph then holds exactly these values in float16 (`store_weights_half`): half the
+    bytes, and the torch model the parity check compares against computes with the very same weights.
+    Returns how many tensors were rounded.
+    """
+    rounded = 0
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.is_floating_point() and param.numel() >= min_elements:
+                param.copy_(param.half().float())
+                rounded += 1
+    return rounded
+
+
+def store_weights_half(path: Path, min_elements: int = HALF_MIN_ELEMENTS) -> int:
+    """Rewrite an ONNX file so every large float32 initializer that float16 holds exactly is stored as
+    float16 and cast back to float32 at load (onnxruntime and TensorRT fold the cast once, so the graph
+    computes in float32 exactly as before). Returns how many initializers were converted."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    kept, casts, converted = [], [], 0
+    for init in graph.initializer:
+        values = numpy_helper.to_array(init)
+        half = values.astype(np.float16)
+        if values.dtype == np.float32 and values.size >= min_elements and np.array_equal(half, values):
+            kept.append(numpy_helper.from_array(half, f"{init.name}__f16"))
+            casts.append(helper.make_node("Cast", [f"{init.name}__f16"], [init.name], to=onnx.TensorProto.FLOAT))
+            converted += 1
+        else:
+            kept.append(init)
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)  # casts first: the nodes stay in topological order
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(path))
+    return converted

@@ -37,7 +37,7 @@ from stereodsc.host_decoder.pairing import (
     ReleaseReference,
 )
 from stereodsc.tomlio import load_toml, sections
-from stereodsc.wire import Frame, Role, seq_delta, unpack
+from stereodsc.wire import BundleMismatchError, Frame, Role, seq_delta, unpack
 
 log = logging.getLogger("stereodsc.host")
 
@@ -49,7 +49,8 @@ are dropped as "too_many_cameras" unless a stale camera's slot is free, so memor
 @dataclass
 class HostSection:
     endpoint: str = "tcp://*:5555"
-    bundle: str = ""  # bundle folder; empty: the bundle that ships with stereodsc
+    bundle: str = ""  # bundle folder, or a shipped bundle's name (stereodsc models); empty: "default"
+    extra_bundles: list[str] = field(default_factory=list)  # more bundles the cameras may use, e.g. ["dsin"]
     backend: str = "cpu"  # cpu | cuda | tensorrt-ep | tensorrt
     max_frame_bytes: int = 1 << 20
     recv_hwm: int = 64
@@ -230,14 +231,17 @@ class HostService:
 
     def __init__(self, cfg: HostConfig, callbacks: list[Callable[[DecodedFrame], None]] | None = None) -> None:
         from stereodsc.bundle import load_bundle
-        from stereodsc.bundles import default_bundle
+        from stereodsc.bundles import resolve_bundle
         from stereodsc.host_decoder.decoder import HostDecoder
         from stereodsc.security import load_server_curve
         from stereodsc.transport import DecodedPublisher, FrameReceiver
 
         self.cfg = cfg
-        self.bundle = load_bundle(cfg.host.bundle or default_bundle())
-        self.decoder = HostDecoder(self.bundle, cfg.host.backend)
+        self.bundle = load_bundle(resolve_bundle(cfg.host.bundle))
+        bundles = [self.bundle, *(load_bundle(resolve_bundle(b)) for b in cfg.host.extra_bundles)]
+        # A frame names its bundle: each camera may run another one (e.g. the reference camera the
+        # default bundle's intra codec, a dependent camera DSIN's side-information codec).
+        self.decoders = {b.id_bytes: HostDecoder(b, cfg.host.backend) for b in bundles}
         p = cfg.pairing
         self.pairer: Pairer[Frame] = Pairer(
             tolerance_ns=int(p.tolerance_ms * 1e6),
@@ -279,9 +283,9 @@ class HostService:
     def run(self) -> HostStats:
         h = self.cfg.host
         log.info(
-            "host listening on %s, bundle %s, policy %s",
+            "host listening on %s, bundles %s, policy %s",
             h.endpoint,
-            self.bundle.id[:16],
+            ", ".join(d.bundle.id[:16] for d in self.decoders.values()),
             self.cfg.pairing.policy,
         )
         sec = self.cfg.security
@@ -324,7 +328,13 @@ class HostService:
         self.stats.bytes_received += len(data)
         try:
             t0 = time.perf_counter()
-            frame = unpack(data, max_frame_bytes=self.cfg.host.max_frame_bytes, expected_bundle=self.bundle.id_bytes)
+            frame = unpack(data, max_frame_bytes=self.cfg.host.max_frame_bytes)
+            if frame.bundle_id not in self.decoders:
+                raise BundleMismatchError(
+                    f"frame encoded with bundle {frame.bundle_id.hex()}..., this host decodes "
+                    f"{', '.join(k.hex() for k in self.decoders)}: deploy the camera's bundle on the host "
+                    "([host] bundle or extra_bundles)"
+                )
             self.stats.latency.add("parse", time.perf_counter() - t0)
         except BitstreamError as e:
             self.stats.rejected[type(e).__name__] += 1
@@ -384,7 +394,7 @@ class HostService:
         """Decode and deliver one frame; a corrupt payload is counted and yields None."""
         t0 = time.perf_counter()
         try:
-            decoded = self.decoder.decode(frame, side)
+            decoded = self.decoders[frame.bundle_id].decode(frame, side)
         except BitstreamError as e:
             self.stats.decode_errors[type(e).__name__] += 1
             self._log_limited(

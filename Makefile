@@ -29,7 +29,7 @@ bench: $(BIN)/stereodsc
 
 # Train every shipped model on the KITTI drive in ../shared/data (CPU; resumable: rerun after an
 # interruption). `make -j2 weights` runs two chains side by side. Lower-rate points warm-start from
-# higher ones, ndic_cam from ndic and dsin from balle2017 at the same lambda.
+# higher ones; ndic_cam's first point from ndic, dsin's points from balle2017 at the same lambda.
 LAMBDAS = kitti kitti_l0.0008 kitti_l0.0003 kitti_l0.0001
 WEIGHTS = $(foreach m,balle2017 ndic ndic_cam dsin,$(foreach l,$(LAMBDAS),runs/$(m)_$(l)/finished))
 
@@ -44,8 +44,8 @@ runs/$(1)_kitti_l0.0008/finished: runs/$(1)_kitti/finished
 runs/$(1)_kitti_l0.0003/finished: runs/$(1)_kitti_l0.0008/finished
 runs/$(1)_kitti_l0.0001/finished: runs/$(1)_kitti_l0.0003/finished
 endef
-$(foreach m,balle2017 ndic,$(eval $(call chain,$(m))))
-$(foreach l,$(LAMBDAS),$(eval runs/ndic_cam_$(l)/finished: runs/ndic_$(l)/finished))
+$(foreach m,balle2017 ndic ndic_cam,$(eval $(call chain,$(m))))
+runs/ndic_cam_kitti/finished: runs/ndic_kitti/finished
 $(foreach l,$(LAMBDAS),$(eval runs/dsin_$(l)/finished: runs/balle2017_$(l)/finished))
 
 clean:

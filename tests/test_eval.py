@@ -290,6 +290,13 @@ def test_bd_rate_known_answers(method):
     expected = (10**-0.1 - 1) * 100
     assert bd_rate(r, q + 1.0, r, q, method=method) == pytest.approx(expected, abs=1e-9)
     assert bd_quality(r, q + 0.5, r, q, method=method) == pytest.approx(0.5, abs=1e-9)
+    # Narrowed to a rate range: a curve better at low rates only is better there and worse above.
+    lifted = q + np.where(r < r[2], 1.0, -1.0)
+    low = bd_quality(r, lifted, r, q, method=method, rate_range=(r[0], r[1]))
+    high = bd_quality(r, lifted, r, q, method=method, rate_range=(r[3], r[-1]))
+    assert low > 0.5 and high < -0.5 and bd_quality(r, lifted, r, q, method=method) < low
+    with pytest.raises(BDRateError, match="no rate within"):
+        bd_quality(r, q, r, q, method=method, rate_range=(10 * r[-1], 20 * r[-1]))
 
 
 def test_bd_rate_pchip_and_cubic_agree_on_smooth_curves():

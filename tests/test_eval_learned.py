@@ -258,3 +258,7 @@ def test_side_decoded_needs_one_intra_partner(stereo: Path):
         side_references([intra, LearnedMethod("balle2017@x", "b", bundle, "intra"), si], "decoded")
     with pytest.raises(ConfigError, match="drop --side"):
         side_references([intra], "decoded")
+    # A side-information-only source (the shipped "dsin" bundle) pairs with the intra codec of another.
+    dsin = LearnedMethod("dsin", "d", bundle, "side_info")
+    assert side_references([intra, si, dsin], "decoded") == {"ndic": intra, "dsin": intra}
+    assert headline_keys([intra, si, dsin]) == ["ndic vs balle2017", "dsin vs balle2017"]

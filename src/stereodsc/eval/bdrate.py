@@ -132,14 +132,20 @@ def bd_quality(
     method: Method = "pchip",
     notes: list[str] | None = None,
     labels: tuple[str, str] = ("curve a", "reference b"),
+    rate_range: tuple[float, float] | None = None,
 ) -> float:
-    """Average quality difference (a minus b) at equal rate, over the common log-rate range.
+    """Average quality difference (a minus b) at equal rate, over the common log-rate range
+    (narrowed to `rate_range`, e.g. the 0.02-0.2 bpp a target names, where both curves reach it).
 
     With PSNR as the quality this is BD-PSNR in dB (positive: ``a`` is better).
     """
     ra, qa, rb, qb = _prepare(rate_a, q_a, rate_b, q_b, method, notes, labels)
     la, lb = np.log10(ra), np.log10(rb)
     lo, hi = _overlap(la, lb, "log10-rate", labels)
+    if rate_range is not None:
+        lo, hi = max(lo, float(np.log10(rate_range[0]))), min(hi, float(np.log10(rate_range[1])))
+        if hi <= lo:
+            raise BDRateError(f"the curves share no rate within {rate_range}")
     return float((_integral(la, qa, lo, hi, method) - _integral(lb, qb, lo, hi, method)) / (hi - lo))
 
 

@@ -167,10 +167,10 @@ def open_methods(
 
 
 def intra_partners(methods: Sequence[LearnedMethod]) -> dict[str, list[LearnedMethod]]:
-    """Side-information method name -> the no-side-information methods of its source group."""
-    return {
-        m.name: [i for i in methods if not i.uses_side_info and i.group == m.group] for m in methods if m.uses_side_info
-    }
+    """Side-information method name -> the no-side-information methods of its source group, or, for a
+    source without one (a side-information-only bundle such as the shipped "dsin"), all of them."""
+    intra = [i for i in methods if not i.uses_side_info]
+    return {m.name: [i for i in intra if i.group == m.group] or intra for m in methods if m.uses_side_info}
 
 
 def matching_quality(si_codec: Codec, intra_codec: Codec, index: int) -> int:

@@ -50,10 +50,9 @@ def vs_hevc_in_range(results: Path, rate_range: tuple[float, float] = TARGET_RAN
         if info.get("kind") == "anchor" or name not in curves or hevc is None:
             continue
         a = curves[name]
-        lo, hi = (
-            max(rate_range[0], min(p["payload_bpp"] for p in a)),
-            min(rate_range[1], max(p["payload_bpp"] for p in a)),
-        )
+        rates = [[p["payload_bpp"] for p in c] for c in (a, hevc)]
+        lo = max(rate_range[0], *(min(r) for r in rates))
+        hi = min(rate_range[1], *(max(r) for r in rates))
         cells = []
         for key in ("psnr", "ms_ssim_db"):
             try:

@@ -5,7 +5,7 @@ VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lint bench weights clean
+.PHONY: demo test lint bench weights bundles clean
 
 $(BIN)/stereodsc: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,12 @@ endef
 $(foreach m,balle2017 ndic ndic_cam,$(eval $(call chain,$(m))))
 runs/ndic_cam_kitti/finished: runs/ndic_kitti/finished
 $(foreach l,$(LAMBDAS),$(eval runs/dsin_$(l)/finished: runs/balle2017_$(l)/finished))
+
+# Export the trained runs as the bundles that ship in the package (float16 kernels, parity-checked).
+ckpts = $(foreach l,$(LAMBDAS),runs/$(1)_$(l)/latest.pt)
+bundles: weights
+	$(BIN)/stereodsc export $(call ckpts,balle2017) $(call ckpts,ndic) --out src/stereodsc/bundles/default --overwrite
+	$(BIN)/stereodsc export $(call ckpts,dsin) --out src/stereodsc/bundles/dsin --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info

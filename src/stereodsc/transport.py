@@ -213,11 +213,10 @@ class _Link:
         if self._socket.closed:
             raise TransportError(f"{type(self).__name__} used after close()")
 
-    def close(self, flush_ms: int | None = None) -> None:
-        """Close (unsent messages are discarded after ``linger_ms``, or after `flush_ms` when given:
-        a source that ended wants its last frames delivered); safe to call twice."""
+    def close(self) -> None:
+        """Close (unsent messages are discarded after ``linger_ms``); safe to call twice."""
         if not self._socket.closed:
-            self._socket.close(linger=flush_ms)
+            self._socket.close()
             if self._authenticator is not None:
                 self._authenticator.stop()
             if self._owns_context:
@@ -328,13 +327,13 @@ class FrameSender(_Link):
             self.poll_acks()
         return len(self._in_flight)
 
-    def close(self, flush_ms: int | None = None) -> None:
+    def close(self) -> None:
         """Close; frames still unconfirmed count as lost (call `drain` first to wait for them)."""
         if not self._socket.closed:
             self.poll_acks()
             self.stats.lost += len(self._in_flight)
             self._in_flight.clear()
-        super().close(flush_ms)
+        super().close()
 
 
 class FrameReceiver(_Link):

@@ -199,6 +199,12 @@ def test_related_model_warm_starts_its_shared_weights(tmp_path: Path) -> None:
     assert len(shared) > len(ours) // 2
     for k in shared:
         assert torch.equal(theirs[k], ours[k]), f"{k} was not warm-started"
+    # The decoder layers that grew inputs for the attention output start as ndic's, zero-padded, so
+    # the warm-started ndic_cam decodes exactly what ndic decodes.
+    x, y = cam.batch(0)
+    base.model.eval(), cam.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(cam.model(x, y)["x_hat"], base.model(x, y)["x_hat"], atol=1e-5)
     with pytest.raises(CheckpointError, match="shares no weights"):
         trainer = Trainer(config_from_dict(tiny_config(tmp_path / "x")), progress=False)
         save_checkpoint(tmp_path / "foreign.pt", {"model": "other", "model_config": {}, "model_state": {}, "step": 0})

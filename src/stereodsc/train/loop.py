@@ -172,14 +172,26 @@ class Trainer:
 
         The same model (e.g. a higher-rate point) loads whole. A related model loads every tensor
         whose name and shape match (ndic_cam from ndic: all but the cross-attention modules; dsin
-        from balle2017: all but the SI-Net), so the new parts train from a converged backbone.
+        from balle2017: all but the SI-Net), so the new parts train from a converged backbone. A
+        tensor of the same name that grew (ndic_cam's decoder layers also take the cross-attention
+        output as extra input channels) gets the old values in its leading slice and zeros in the
+        rest: the new model starts computing exactly what the old one did, and learns from there.
         """
         ckpt = load_checkpoint(path)
         if ckpt["model"] == self.model.name:
             self.model.load_state_dict(ckpt["model_state"])
             return
         own = self.model.state_dict()
-        shared = {k: v for k, v in ckpt["model_state"].items() if k in own and own[k].shape == v.shape}
+        shared, grown = {}, 0
+        for k, v in ckpt["model_state"].items():
+            if k not in own:
+                continue
+            if own[k].shape == v.shape:
+                shared[k] = v
+            elif own[k].dim() == v.dim() and all(a >= b for a, b in zip(own[k].shape, v.shape, strict=True)):
+                padded = torch.zeros_like(own[k])
+                padded[tuple(slice(0, n) for n in v.shape)] = v
+                shared[k], grown = padded, grown + 1
         if not shared:
             raise CheckpointError(
                 f"init_from {path} holds a {ckpt['model']} model that shares no weights with {self.model.name}; "
@@ -188,11 +200,12 @@ class Trainer:
         self.model.load_state_dict(shared, strict=False)
         fresh = sum(v.numel() for k, v in own.items() if k not in shared)
         log.info(
-            "warm start from %s (%s): %d of %d tensors loaded, %d parameters start fresh",
+            "warm start from %s (%s): %d of %d tensors loaded (%d grown, zero-padded), %d parameters start fresh",
             path,
             ckpt["model"],
             len(shared),
             len(own),
+            grown,
             fresh,
         )
 

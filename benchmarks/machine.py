@@ -15,3 +15,27 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, object]:
+    """Platform, CPU, cores, load and the versions of what the timings depend on."""
+    import os
+    from importlib.metadata import PackageNotFoundError, version
+
+    def installed(name: str) -> str | None:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return None
+
+    return {
+        "platform": platform.platform(),
+        "cpu_model": cpu_model(),
+        "cores_available": len(os.sched_getaffinity(0)),
+        "load_avg_1min": round(os.getloadavg()[0], 2),
+        "versions": {
+            name: installed(name)
+            for name in ("stereodsc", "numpy", "onnxruntime", "numba", "pyzmq", "opencv-python-headless")
+        }
+        | {"python": platform.python_version()},
+    }

@@ -180,7 +180,8 @@ def cmd_models(args: argparse.Namespace) -> int:
     for folder in shipped.values():
         print(describe(folder, verify=args.verify))
     total = sum(folder_bytes(f) for f in shipped.values())
-    print(f'{len(shipped)} bundles, {total / 1e6:.1f} MB; name one in a config: [codec] bundle = "dsin"')
+    example = next(iter(shipped))
+    print(f'{len(shipped)} bundles, {total / 1e6:.1f} MB; name one in a config, e.g. [codec] bundle = "{example}"')
     return 0
 
 

@@ -396,7 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
         "saved and latency. Writes decoded frames, a side-by-side image and demo_report.json.",
     )
     d.add_argument("--out", default="runs/demo", help="folder for checkpoints and metrics (default runs/demo)")
-    d.add_argument("--quality", type=int, help="quality index for both cameras (default: the middle one)")
+    d.add_argument("--quality", type=int, help="quality index for both cameras (default 1, the second-lowest rate)")
     d.add_argument("--frames", type=int, default=12, help="frames per camera (default 12, the whole sample)")
     d.set_defaults(func=cmd_demo)
     return p

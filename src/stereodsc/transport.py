@@ -14,8 +14,8 @@ Camera -> host is **DEALER (camera connects) -> ROUTER (host binds)**, and every
   each frame ``acked``, or ``lost`` when no ack comes within ``ack_timeout_ms`` (a connection reset
   drops what was queued on it) or by the end of `FrameSender.drain` at shutdown; ``sent = acked +
   lost + in flight`` at every moment. Acks never block the host: one that cannot be queued is dropped
-  and counted (the camera then reports that frame lost although the host has it: an over-count,
-  never an under-count). REQ/REP is out: it blocks the sender and hangs when the host restarts
+  and counted (``acks_dropped``); then, as when a connection reset takes acks with it, the camera
+  reports a frame lost that the host has: an over-count, never an under-count. REQ/REP is out: it blocks the sender and hangs when the host restarts
   (imagezmq #1, #18, #35, #49).
 
 Options and why:

@@ -218,25 +218,62 @@ def test_every_frame_taken_is_acked_and_drain_waits_for_the_acks(receiver: Frame
 def test_frames_the_host_never_takes_are_counted_lost_not_dropped_silently() -> None:
     with FrameReceiver("tcp://127.0.0.1:*") as receiver, FrameSender(receiver.endpoint) as sender:
         connect(sender, receiver)
-        sent_before = sender.stats.sent
+        while receiver.recv(timeout_ms=200) is not None:  # probes still on their way
+            pass
+        assert sender.drain(timeout_ms=2000) == 0
+        acked_before = sender.stats.acked
         for i in range(3):
             assert sender.send(bytes([i]))
         assert sender.drain(timeout_ms=300) == 3, "the host does not read, so no ack comes"
         sender.close()
-        assert sender.stats.lost == 3 and sender.stats.acked == sent_before
+        assert sender.stats.lost == 3 and sender.stats.acked == acked_before
         assert sender.stats.sent == sender.stats.acked + sender.stats.lost
+
+
+def test_frames_in_flight_are_capped_so_a_slow_host_builds_no_backlog() -> None:
+    with FrameReceiver("tcp://127.0.0.1:*") as receiver, FrameSender(receiver.endpoint, max_in_flight=3) as sender:
+        connect(sender, receiver)
+        while receiver.recv(timeout_ms=200) is not None:
+            pass
+        assert sender.drain(timeout_ms=2000) == 0
+        dropped = sender.stats.dropped_full
+        accepted = [sender.send(bytes([i])) for i in range(20)]
+        assert accepted == [True] * 3 + [False] * 17 and sender.stats.dropped_full - dropped == 17
+        assert [receiver.recv(timeout_ms=2000) for _ in range(3)] == [bytes([i]) for i in range(3)]
+        assert sender.drain(timeout_ms=2000) == 0 and sender.send(b"next"), "acks free the window again"
+
+
+def test_ack_timeout_counts_frames_lost_and_a_late_ack_moves_them_back() -> None:
+    with (
+        FrameReceiver("tcp://127.0.0.1:*") as receiver,
+        FrameSender(receiver.endpoint, heartbeat_ivl_ms=100, heartbeat_timeout_ms=200, ack_timeout_ms=400) as sender,
+    ):
+        connect(sender, receiver)
+        while receiver.recv(timeout_ms=200) is not None:
+            pass
+        assert sender.drain(timeout_ms=2000) == 0
+        acked = sender.stats.acked
+        assert all(sender.send(bytes([i])) for i in range(2))
+        time.sleep(0.6)  # the host holds them past the ack timeout
+        sender.poll_acks()
+        assert (sender.stats.lost, sender.in_flight) == (2, 0)
+        assert [receiver.recv(timeout_ms=2000) for _ in range(2)] == [b"\x00", b"\x01"]
+        deadline = time.monotonic() + DEADLINE_S
+        while sender.stats.acked < acked + 2 and time.monotonic() < deadline:
+            sender.poll_acks()
+            time.sleep(0.01)
+        assert (sender.stats.acked - acked, sender.stats.lost) == (2, 0)
 
 
 def test_ack_timeout_counts_frames_lost_with_a_host_that_died() -> None:
     receiver = FrameReceiver("tcp://127.0.0.1:*")
     with FrameSender(receiver.endpoint, heartbeat_ivl_ms=100, heartbeat_timeout_ms=200, ack_timeout_ms=400) as sender:
         connect(sender, receiver)
-        sender.drain(timeout_ms=2000)
-        receiver.close()  # the host dies with the frames below unread
-        sent = [sender.send(b"x") for _ in range(3)]
+        assert all(sender.send(b"x") for _ in range(3))  # queued at the host, never read
+        receiver.close()  # the host dies with them
         time.sleep(0.6)
         sender.poll_acks()
-        assert sender.stats.lost == sum(sent) and sender.in_flight == 0
+        assert sender.stats.lost >= 3 and sender.in_flight == 0
         assert sender.stats.sent == sender.stats.acked + sender.stats.lost
 
 

@@ -13,19 +13,22 @@ Camera -> host is **DEALER (camera connects) -> ROUTER (host binds)**, and every
   for it (decoded, or dropped for a named reason). The camera keeps the tokens in flight and counts
   each frame ``acked``, or ``lost`` when no ack comes within ``ack_timeout_ms`` (a connection reset
   drops what was queued on it) or by the end of `FrameSender.drain` at shutdown; ``sent = acked +
-  lost + in flight`` at every moment. Acks never block the host: one that cannot be queued is dropped
-  and counted (``acks_dropped``); then, as when a connection reset takes acks with it, the camera
-  reports a frame lost that the host has: an over-count, never an under-count. REQ/REP is out: it blocks the sender and hangs when the host restarts
-  (imagezmq #1, #18, #35, #49).
+  lost + in flight`` at every moment (an ack that comes after the timeout moves its frame back to
+  acked). Acks never block the host: one that cannot be queued is dropped and counted
+  (``acks_dropped``); then, as when a connection reset takes acks with it, the camera reports a frame
+  lost that the host has: an over-count, never an under-count. REQ/REP is out: it blocks the sender
+  and hangs when the host restarts (imagezmq #1, #18, #35, #49).
 
 Options and why:
 
 - ``IMMEDIATE=1``: frames are only queued towards a host whose connection is complete. While the host
   is down or not yet reachable every `FrameSender.send` is dropped and counted at once, instead of
   up to ``SNDHWM`` frames piling up in the pipe and arriving seconds late after the reconnect.
-- ``SNDHWM`` small (4): at most a few frames (plus what the kernel's TCP buffers hold) are in flight
-  when the host is slow; past that, frames are dropped at the camera, which bounds latency.
-- The host's PULL socket sends no ZMTP heartbeats of its own (``heartbeat_ivl_ms=0``): with its own
+- At most ``max_in_flight`` (8) frames sent and not yet acked: past that, `FrameSender.send` refuses
+  the frame (counted as ``dropped_full``), so a slow host never builds a backlog and latency stays
+  bounded. (``SNDHWM`` alone does not bound it: the kernel's TCP buffers hold more, and the acks
+  keep the link's heartbeats alive however long the backlog.) ``SNDHWM`` small (4) as well.
+- The host's ROUTER socket sends no ZMTP heartbeats of its own (``heartbeat_ivl_ms=0``): with its own
   heartbeat timer libzmq 4.3.5 aborted the host process (``Assertion failed: !_io_error``,
   stream_engine_base.cpp:310) when cameras overloaded it (benchmarks/soak.py at fps 0: 2 of 2 runs
   before, 0 of 3 after). The cameras' heartbeats and TCP keepalive still detect dead links.
@@ -79,6 +82,7 @@ _TCP_KEEPALIVE_CNT = 3
 
 _L = TypeVar("_L", bound="_Link")
 _TOKEN = struct.Struct(">Q")  # a camera's send counter, echoed back as the ack
+_OVERDUE_KEPT = 1024  # tokens counted lost whose late ack would still be credited
 _MAX_REFUSALS_KEPT = 1024  # refused keys waiting for `FrameReceiver.refused_keys`; older ones are dropped
 
 
@@ -245,11 +249,14 @@ class FrameSender(_Link):
         reconnect_ivl_ms: int = 100,
         reconnect_ivl_max_ms: int = 2000,
         ack_timeout_ms: int = 10_000,
+        max_in_flight: int = 8,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: ClientCurve | None = None,
     ) -> None:
-        if sndhwm < 1:
-            raise ConfigError(f"sndhwm must be >= 1 (0 would mean an unbounded queue), got {sndhwm}")
+        if sndhwm < 1 or max_in_flight < 1:
+            raise ConfigError(
+                f"sndhwm and max_in_flight must be >= 1 (bounded queues), got {sndhwm} and {max_in_flight}"
+            )
         if not 0 < reconnect_ivl_ms <= reconnect_ivl_max_ms:
             raise ConfigError(
                 "reconnects need 0 < reconnect_ivl_ms <= reconnect_ivl_max_ms, "
@@ -258,12 +265,14 @@ class FrameSender(_Link):
         if ack_timeout_ms <= heartbeat_timeout_ms:
             raise ConfigError(
                 f"ack_timeout_ms ({ack_timeout_ms}) must exceed heartbeat_timeout_ms ({heartbeat_timeout_ms}): "
-                "a slow host would otherwise have its frames counted lost"
+                "a link the heartbeats still keep would otherwise have its frames counted lost"
             )
         self.stats = SenderStats()
         self.ack_timeout_s = ack_timeout_ms / 1000
+        self.max_in_flight = max_in_flight
         self._next_token = 0
         self._in_flight: OrderedDict[bytes, float] = OrderedDict()  # token -> monotonic send time, oldest first
+        self._overdue: OrderedDict[bytes, None] = OrderedDict()  # tokens counted lost; a late ack moves them back
         super().__init__(
             zmq.DEALER,
             endpoint,
@@ -288,9 +297,13 @@ class FrameSender(_Link):
         return len(self._in_flight)
 
     def send(self, data: bytes) -> bool:
-        """Queue one packed frame; False (and counted in ``stats.dropped_full``) if it could not be."""
+        """Queue one packed frame; False (and counted in ``stats.dropped_full``) if it could not be: no
+        host connected, its queue full, or ``max_in_flight`` frames still waiting for their acks."""
         self._check_open()
         self.poll_acks()
+        if len(self._in_flight) >= self.max_in_flight:
+            self.stats.dropped_full += 1
+            return False
         token = _TOKEN.pack(self._next_token)
         try:
             self._socket.send_multipart([token, data], zmq.NOBLOCK)
@@ -312,10 +325,16 @@ class FrameSender(_Link):
                 break
             if self._in_flight.pop(token, None) is not None:
                 self.stats.acked += 1
+            elif self._overdue.pop(token, 0) is None:  # counted lost, yet the host did take it
+                self.stats.lost -= 1
+                self.stats.acked += 1
         overdue = time.monotonic() - self.ack_timeout_s
         while self._in_flight and next(iter(self._in_flight.values())) < overdue:
-            self._in_flight.popitem(last=False)
+            token, _ = self._in_flight.popitem(last=False)
             self.stats.lost += 1
+            self._overdue[token] = None
+            if len(self._overdue) > _OVERDUE_KEPT:
+                self._overdue.popitem(last=False)
 
     def drain(self, timeout_ms: int) -> int:
         """Wait up to `timeout_ms` for the acks of every frame in flight; returns how many are still

@@ -54,6 +54,8 @@ class LinkSection:
     send_hwm: int = 4
     wait_for_host_s: float = 0.0  # at start, hold the first frame until the host is connected (0: don't)
     drain_s: float = 5.0  # at the end, wait this long for the host to ack the frames still in flight
+    max_in_flight: int = 8  # frames sent and not yet acked; beyond that new frames are dropped (bounds latency)
+    ack_timeout_s: float = 10.0  # a frame not acked by then counts lost (a late ack moves it back)
 
 
 @dataclass
@@ -149,7 +151,14 @@ class CameraNode:
         self.frames = open_source(cam.source, cam.path, cam.drive_camera, cam.loop)
         sec = cfg.security
         curve = load_client_curve(sec.secret, sec.server_public) if sec.curve else None
-        self.sender = FrameSender(cfg.link.endpoint, sndhwm=cfg.link.send_hwm, curve=curve)
+        link = cfg.link
+        self.sender = FrameSender(
+            link.endpoint,
+            sndhwm=link.send_hwm,
+            max_in_flight=link.max_in_flight,
+            ack_timeout_ms=round(link.ack_timeout_s * 1000),
+            curve=curve,
+        )
         self.stats = NodeStats()
         self.seq = 0
         self._stop = False

@@ -66,7 +66,8 @@ def vs_hevc_in_range(results: Path, rate_range: tuple[float, float] = TARGET_RAN
                 cells.append(f"{value:+.2f}")
             except BDRateError as e:
                 cells.append(f"n/a ({e})")
-        lines.append(f"| {name} | {lo:.3f}-{hi:.3f} | {cells[0]} | {cells[1]} |")
+        compared = f"{lo:.3f}-{hi:.3f}" if lo < hi else "none"
+        lines.append(f"| {name} | {compared} | {cells[0]} | {cells[1]} |")
     out = results.with_name("vs_hevc_range.md")
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return out

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from stereodsc.cli import build_parser, main
+from stereodsc.errors import ConfigError
 from tiny_models import bundle_dir
 
 COMMANDS = ("train", "calibrate", "edge", "host", "export", "encode", "decode", "eval", "keys", "models", "demo")
@@ -67,4 +68,17 @@ def test_models_lists_every_shipped_bundle_and_configs_name_them(capsys: pytest.
         assert out.count("lambda") >= sum(len(c.qualities) for c in bundle.codecs.values())
         assert resolve_bundle(name) == folder  # a config may say bundle = "<name>"
     assert resolve_bundle("") == shipped["default"]
-    assert resolve_bundle("some/folder") == Path("some/folder")
+    assert resolve_bundle("some/folder") == Path("some/folder")  # loading it will say what is wrong
+    with pytest.raises(ConfigError, match="neither a folder nor a shipped bundle"):
+        resolve_bundle("no-such-bundle")
+
+
+def test_an_empty_bundle_setting_means_the_shipped_default_even_beside_a_local_default_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stereodsc.bundles import resolve_bundle, shipped_bundles
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "default").mkdir()
+    assert resolve_bundle("") == shipped_bundles()["default"]
+    assert resolve_bundle("default") == Path("default")  # a folder named in a config wins

@@ -262,3 +262,6 @@ def test_side_decoded_needs_one_intra_partner(stereo: Path):
     dsin = LearnedMethod("dsin", "d", bundle, "side_info")
     assert side_references([intra, si, dsin], "decoded") == {"ndic": intra, "dsin": intra}
     assert headline_keys([intra, si, dsin]) == ["ndic vs balle2017", "dsin vs balle2017"]
+    other = LearnedMethod("balle2017@x", "x", bundle, "intra")
+    with pytest.raises(ConfigError, match="exactly one intra"):  # two intra codecs elsewhere: ambiguous
+        side_references([intra, other, dsin], "decoded")

@@ -59,6 +59,7 @@ def test_every_sent_frame_is_decoded_bit_exactly(stereo: Path, tmp_path: Path) -
     assert decoded == sent, "the host must decode every sent frame, with the very symbols the camera coded"
     for cam in (0, 1):  # ... and each camera knows it: the host acked every frame
         assert {k: run.edge_stats[cam][k] for k in ("sent", "acked", "lost")} == {"sent": 5, "acked": 5, "lost": 0}
+    assert run.host_stats["received"] == 10 and run.host_stats["link"]["acks_dropped"] == 0
 
     # The decoded pictures equal an offline decode of the same images (same graphs, same tables).
     bundle = load_bundle(stereo)
@@ -78,7 +79,7 @@ def test_cameras_may_run_different_bundles_the_host_has(
 ) -> None:
     """The reference camera codes with one bundle's intra codec, the dependent camera with DSIN's
     side-information bundle (as the shipped "dsin" bundle is used); the host loads both."""
-    dsin = tmp_path_factory.getbasetemp() / "dsin_192x384"
+    dsin = tmp_path / "dsin_192x384"
     export_bundle([checkpoint(tmp_path_factory, "dsin")], dsin, sample_images=[], sizes=[(192, 384)], progress=False)
     run = run_pipeline(
         stereo,
@@ -249,6 +250,8 @@ def test_camera_and_host_modules_never_import_torch() -> None:
         ("edge", {"cam": {}}, r"unknown section\(s\) \['cam'\]"),
         ("host", {"pairing": {"policy": "maybe"}}, r"policy = 'maybe'; choose one of"),
         ("host", {"host": {"endpiont": "tcp://*:1"}}, r"unknown key\(s\) \['endpiont'\] in \[host\]"),
+        ("host", {"host": {"extra_bundles": [1]}}, r"extra_bundles must be a list of bundle folders"),
+        ("edge", {"link": {"drain_s": -1.0}}, r"\[link\] drain_s and wait_for_host_s are seconds >= 0"),
     ],
 )
 def test_bad_service_configs_name_the_key(build: str, raw: dict, match: str) -> None:

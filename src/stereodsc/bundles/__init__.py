@@ -22,17 +22,27 @@ def shipped_bundles() -> dict[str, Path]:
 
 
 def resolve_bundle(name_or_path: str) -> Path:
-    """A bundle folder from a config value: empty -> the default bundle, a shipped bundle's name, or a path."""
-    name = name_or_path or "default"
+    """A bundle folder from a config value: empty -> the shipped default bundle; an existing path; or
+    the name of a shipped bundle. Anything else is a ConfigError that lists the shipped names."""
     shipped = shipped_bundles()
-    if name in shipped and not Path(name).exists():
-        return shipped[name]
     if not name_or_path:
+        if "default" not in shipped:
+            raise ConfigError(
+                "no bundle configured and no default bundle ships with this install; "
+                "set [codec] bundle / [host] bundle to a folder made by 'stereodsc export'"
+            )
+        return shipped["default"]
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if name_or_path in shipped:
+        return shipped[name_or_path]
+    if len(path.parts) == 1:
         raise ConfigError(
-            "no bundle configured and no default bundle ships with this install; "
-            "set [codec] bundle / [host] bundle to a folder made by 'stereodsc export'"
+            f"bundle {name_or_path!r} is neither a folder nor a shipped bundle ({', '.join(shipped) or 'none'}); "
+            "see stereodsc models"
         )
-    return Path(name_or_path)
+    return path  # load_bundle says what is wrong with it
 
 
 def folder_bytes(folder: Path) -> int:
@@ -41,11 +51,15 @@ def folder_bytes(folder: Path) -> int:
 
 def describe(folder: Path, verify: bool = False) -> str:
     """A few lines on a bundle: id, size, and per codec its model and qualities with their lambda and
-    the validation bpp / PSNR / MS-SSIM recorded at training (128x256, held-out frames)."""
+    the validation bpp (estimated) / PSNR / MS-SSIM recorded at training (128x256, held-out frames,
+    the float32 checkpoint; the README's model card has the exported codecs' measured bytes)."""
     from stereodsc.bundle import load_bundle
 
     bundle = load_bundle(folder, verify=verify)
-    lines = [f"{folder.name}: bundle {bundle.id[:16]}, {folder_bytes(folder) / 1e6:.1f} MB, {folder}"]
+    lines = [
+        f"{folder.name}: bundle {bundle.id[:16]}, {folder_bytes(folder) / 1e6:.1f} MB, {folder}",
+        "  (per quality: validation at training, 128x256 held-out KITTI frames)",
+    ]
     for role, codec in bundle.codecs.items():
         raw = bundle.manifest["codecs"][role]
         cfg = codec.model_config

@@ -167,10 +167,12 @@ def open_methods(
 
 
 def intra_partners(methods: Sequence[LearnedMethod]) -> dict[str, list[LearnedMethod]]:
-    """Side-information method name -> the no-side-information methods of its source group, or, for a
-    source without one (a side-information-only bundle such as the shipped "dsin"), all of them."""
+    """Side-information method name -> the no-side-information methods of its source group; a source
+    without one (a side-information-only bundle such as the shipped "dsin") gets the single intra
+    codec among all the methods, if there is exactly one (else none: ambiguous)."""
     intra = [i for i in methods if not i.uses_side_info]
-    return {m.name: [i for i in intra if i.group == m.group] or intra for m in methods if m.uses_side_info}
+    only = intra if len(intra) == 1 else []
+    return {m.name: [i for i in intra if i.group == m.group] or only for m in methods if m.uses_side_info}
 
 
 def matching_quality(si_codec: Codec, intra_codec: Codec, index: int) -> int:
@@ -201,9 +203,9 @@ def side_references(methods: Sequence[LearnedMethod], side: str) -> dict[str, Le
         if len(intras) != 1:
             found = [i.name for i in intras] or "none"
             raise ConfigError(
-                f"--side decoded: {name} needs exactly one intra (no side information) codec from the same "
-                f"source to decode its side image, found {found}: export a bundle with both codecs "
-                "(or pass one no-SI checkpoint), or use --side original"
+                f"--side decoded: {name} needs exactly one intra (no side information) codec to decode its "
+                f"side image (from its own source, or the only one given), found {found}: export a bundle with "
+                "both codecs, pass exactly one no-SI model, or use --side original"
             )
         refs[name] = intras[0]
     return refs

@@ -110,6 +110,8 @@ def host_config_from_dict(raw: dict[str, Any], source: str = "<host config>") ->
     sec = cfg.security
     if sec.curve and not (sec.server_secret and sec.allowed_keys):
         raise ConfigError(f"{source}: [security] curve = true needs server_secret and allowed_keys")
+    if not all(isinstance(b, str) and b for b in cfg.host.extra_bundles):
+        raise ConfigError(f"{source}: [host] extra_bundles must be a list of bundle folders or shipped names")
     if h.metrics_listen:
         parse_listen(h.metrics_listen, source)
     return cfg

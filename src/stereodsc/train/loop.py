@@ -87,6 +87,14 @@ def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
 
 
+def _grew_channels(old: torch.Size, new: torch.Size) -> bool:
+    """A weight that only gained channels (dims 0-1; kernels and other dims unchanged): zero-padding
+    it keeps the old function when the new channels are inputs from new modules."""
+    return (
+        len(old) == len(new) >= 2 and old[2:] == new[2:] and all(a <= b for a, b in zip(old[:2], new[:2], strict=True))
+    )
+
+
 @dataclass
 class Trainer:
     """Owns the model, optimisers and data of one run; `run()` trains to cfg.train.steps."""
@@ -182,16 +190,18 @@ class Trainer:
             self.model.load_state_dict(ckpt["model_state"])
             return
         own = self.model.state_dict()
-        shared, grown = {}, 0
+        shared: dict[str, torch.Tensor] = {}
+        grown: list[str] = []
         for k, v in ckpt["model_state"].items():
             if k not in own:
                 continue
             if own[k].shape == v.shape:
                 shared[k] = v
-            elif own[k].dim() == v.dim() and all(a >= b for a, b in zip(own[k].shape, v.shape, strict=True)):
+            elif _grew_channels(v.shape, own[k].shape):
                 padded = torch.zeros_like(own[k])
                 padded[tuple(slice(0, n) for n in v.shape)] = v
-                shared[k], grown = padded, grown + 1
+                shared[k] = padded
+                grown.append(k)
         if not shared:
             raise CheckpointError(
                 f"init_from {path} holds a {ckpt['model']} model that shares no weights with {self.model.name}; "
@@ -200,12 +210,12 @@ class Trainer:
         self.model.load_state_dict(shared, strict=False)
         fresh = sum(v.numel() for k, v in own.items() if k not in shared)
         log.info(
-            "warm start from %s (%s): %d of %d tensors loaded (%d grown, zero-padded), %d parameters start fresh",
+            "warm start from %s (%s): %d of %d tensors loaded (zero-padded: %s), %d parameters start fresh",
             path,
             ckpt["model"],
             len(shared),
             len(own),
-            grown,
+            ", ".join(grown) or "none",
             fresh,
         )
 

@@ -136,16 +136,17 @@ def test_cameras_survive_a_host_restart(stereo: Path, tmp_path: Path) -> None:
     lost = sent - before - after
     undecoded_after_reconnect = 0
     for cam in (0, 1):
+        # What was lost before the camera reached the new host is what the dead host had accepted (its
+        # queue, the socket buffers) and never decoded. After it, every frame the camera sent was
+        # decoded or dropped by the pairing policy with a counted reason (e.g. a dependent whose
+        # reference went to the dead host, or was dropped at a camera whose window of frames in
+        # flight was full on a loaded machine).
         first_after = min(seq for c, seq in after if c == cam)
-        # What was lost is what the dead host had accepted (its queue, the socket buffers) and never
-        # decoded: all of it before the camera reached the new host.
-        assert all(seq < first_after for c, seq in lost if c == cam)
-        sent_later = {seq for c, seq in sent if c == cam and seq >= first_after}
-        undecoded_after_reconnect += len(sent_later - {seq for c, seq in after if c == cam})
-    # Once the cameras reached the new host, every frame they sent was decoded or dropped by the pairing
-    # policy with a counted reason (a dependent whose reference went to the dead host).
+        undecoded_after_reconnect += sum(1 for c, seq in lost if c == cam and seq >= first_after)
     assert undecoded_after_reconnect <= sum(run.host_stats["dropped"].values())
-    assert run.host_stats["sequence_gaps"] == 0
+    # A gap in a camera's sequence numbers at the new host is a frame the camera numbered and dropped
+    # (its window of frames in flight full: a loaded machine decodes slower than the cameras capture).
+    assert run.host_stats["sequence_gaps"] <= dropped_at_camera
     assert run.host_stats["rejected"] == {}
     for cam in (0, 1):  # nothing silently lost: each frame a camera sent was acked by a host or counted lost
         edge = run.edge_stats[cam]

@@ -337,3 +337,23 @@ def test_a_shared_context_is_left_to_its_owner() -> None:
         connect(sender, receiver)
     assert not ctx.closed
     ctx.term()  # returns at once: both sockets were closed
+
+
+def test_a_host_restart_counts_what_was_in_flight_lost_and_frees_the_window() -> None:
+    first = FrameReceiver("tcp://127.0.0.1:*")
+    endpoint = first.endpoint
+    with FrameSender(endpoint, max_in_flight=2, ack_timeout_ms=60_000) as sender:
+        connect(sender, first)
+        while first.recv(timeout_ms=200) is not None:
+            pass
+        assert sender.drain(timeout_ms=2000) == 0
+        assert sender.send(b"a") and sender.send(b"b") and not sender.send(b"c")  # window full, host not reading
+        first.close()  # the host dies with them; the ack timeout (60 s) is not what frees the window
+        with FrameReceiver(endpoint) as second:
+            deadline = time.monotonic() + DEADLINE_S
+            got = None
+            while got != b"after restart" and time.monotonic() < deadline:
+                sender.send(b"after restart")
+                got = second.recv(timeout_ms=20)
+            assert got == b"after restart"
+        assert sender.stats.lost == 2

@@ -70,6 +70,7 @@ from types import TracebackType
 from typing import TypeVar
 
 import zmq
+import zmq.utils.monitor
 from zmq.auth.thread import ThreadAuthenticator
 
 from stereodsc.errors import ConfigError, StereoDSCError
@@ -273,6 +274,7 @@ class FrameSender(_Link):
         self._next_token = 0
         self._in_flight: OrderedDict[bytes, float] = OrderedDict()  # token -> monotonic send time, oldest first
         self._overdue: OrderedDict[bytes, None] = OrderedDict()  # tokens counted lost; a late ack moves them back
+        self._monitor: zmq.Socket[bytes] | None = None  # connection events, to count frames a closed link took
         super().__init__(
             zmq.DEALER,
             endpoint,
@@ -290,6 +292,7 @@ class FrameSender(_Link):
             context=context,
             curve=curve,
         )
+        self._monitor = self._socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
 
     @property
     def in_flight(self) -> int:
@@ -328,13 +331,33 @@ class FrameSender(_Link):
             elif self._overdue.pop(token, 0) is None:  # counted lost, yet the host did take it
                 self.stats.lost -= 1
                 self.stats.acked += 1
+        if self._link_dropped():  # the connection went with everything still in flight on it
+            self._count_lost(len(self._in_flight))
         overdue = time.monotonic() - self.ack_timeout_s
-        while self._in_flight and next(iter(self._in_flight.values())) < overdue:
+        n = 0
+        for sent_at in self._in_flight.values():
+            if sent_at >= overdue:
+                break
+            n += 1
+        self._count_lost(n)
+
+    def _count_lost(self, n: int) -> None:
+        """Count the `n` oldest frames in flight lost (remembering them, should their ack come late)."""
+        for _ in range(n):
             token, _ = self._in_flight.popitem(last=False)
             self.stats.lost += 1
             self._overdue[token] = None
             if len(self._overdue) > _OVERDUE_KEPT:
                 self._overdue.popitem(last=False)
+
+    def _link_dropped(self) -> bool:
+        """Whether the connection to the host closed since the last call (host died or restarted,
+        heartbeat timeout): libzmq then discards what was queued on it, and no ack can come back."""
+        dropped = False
+        while self._monitor is not None and self._monitor.poll(0):
+            event = zmq.utils.monitor.recv_monitor_message(self._monitor)
+            dropped |= event["event"] == zmq.EVENT_DISCONNECTED
+        return dropped
 
     def drain(self, timeout_ms: int) -> int:
         """Wait up to `timeout_ms` for the acks of every frame in flight; returns how many are still
@@ -348,10 +371,12 @@ class FrameSender(_Link):
 
     def close(self) -> None:
         """Close; frames still unconfirmed count as lost (call `drain` first to wait for them)."""
-        if not self._socket.closed:
+        if not self._socket.closed and self._monitor is not None:
             self.poll_acks()
             self.stats.lost += len(self._in_flight)
             self._in_flight.clear()
+            self._socket.disable_monitor()
+            self._monitor.close(linger=0)
         super().close()
 
 

@@ -273,3 +273,23 @@ def test_sigterm_saves_a_checkpoint(tmp_path: Path) -> None:
     assert proc.returncode == 130 and "checkpoint saved" in out
     step = load_checkpoint(tmp_path / "run" / "latest.pt")["step"]
     assert step >= 2
+
+
+def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stereodsc.errors import TrainingDivergedError
+
+    torch.set_num_threads(1)
+    cfg = config_from_dict(tiny_config(tmp_path, steps=3))
+    trainer = Trainer(cfg, progress=False)
+    real_step = trainer.train_step
+
+    def diverging(step: int) -> dict[str, float]:
+        stats = real_step(step)
+        return {**stats, "loss": float("nan")} if step == 1 else stats
+
+    monkeypatch.setattr(trainer, "train_step", diverging)
+    with pytest.raises(TrainingDivergedError, match="diverged at step 2"):
+        trainer.run()
+    assert load_checkpoint(trainer.latest_path)["step"] == 1, "the spoilt weights were not saved"

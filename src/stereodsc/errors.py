@@ -27,3 +27,7 @@ class BitstreamError(StereoDSCError, ValueError):
 
 class BundleError(StereoDSCError):
     """A model bundle is missing files, was modified after export, or does not match the frames."""
+
+
+class TrainingDivergedError(StereoDSCError):
+    """The training loss became NaN or infinite; the last checkpoint on disk is still good."""

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stereodsc.errors import CheckpointError, ConfigError
+from stereodsc.errors import CheckpointError, ConfigError, TrainingDivergedError
 from stereodsc.eval.metrics import ms_ssim_min_side
 from stereodsc.models.base import bits
 from stereodsc.sample import drive_path
@@ -283,6 +283,11 @@ class Trainer:
             while self.step < end:
                 started = time.process_time()
                 stats = self.train_step(self.step)
+                if not math.isfinite(stats["loss"]):  # the weights are spoilt now: never save them
+                    raise TrainingDivergedError(
+                        f"training diverged at step {self.step + 1} (loss {stats['loss']}); {self.latest_path} "
+                        "still holds the last good weights: lower [train] lr and continue with --resume"
+                    )
                 self.cpu_seconds += time.process_time() - started
                 self.step += 1
                 window.append(stats)

@@ -352,3 +352,14 @@ def test_dsin_outputs_and_side_path() -> None:
     assert out["x_dec"].shape == out["y_syn"].shape == x.shape
     # y_syn is made only of pixels of the original y
     assert torch.isin(out["y_syn"].flatten(), y.flatten()).all()
+
+
+def test_a_loss_term_of_weight_zero_cannot_turn_the_loss_nan() -> None:
+    """NDIC-CAM trains with alpha = beta = 0: its untrained y reconstruction may overflow to inf, which
+    must not reach the loss (0 * inf is NaN: this stopped a real training run)."""
+    model = build_model("ndic_cam", "small", N=8, M=8)
+    x, y = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
+    out = model(x, y)
+    out["y_hat"] = torch.full_like(out["y_hat"], float("inf"))
+    terms = model.loss(out, x, y, 0.01, mse)
+    assert torch.isfinite(terms["loss"]) and not torch.isfinite(terms["distortion_y"])

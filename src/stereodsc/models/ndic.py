@@ -106,7 +106,12 @@ class NDIC(CompressionModel):
         terms = self.rd_loss(out, x, lmbda, distortion)
         d_y = distortion(out["y_hat"], y)
         rates = out["rates"]
-        terms["loss"] = terms["loss"] + self.alpha * (lmbda * 255**2 * d_y + rates["h_y"]) + self.beta * rates["w"]
+        # A term whose weight is 0 is left out, not multiplied by 0: with alpha = 0 (NDIC-CAM's default)
+        # nothing trains the y decoder's last stage, its output may overflow, and 0 * inf is NaN.
+        if self.alpha:
+            terms["loss"] = terms["loss"] + self.alpha * (lmbda * 255**2 * d_y + rates["h_y"])
+        if self.beta:
+            terms["loss"] = terms["loss"] + self.beta * rates["w"]
         terms.update(distortion_y=d_y, bpp_h_y=rates["h_y"], bpp_w=rates["w"])
         return terms
 

@@ -284,9 +284,14 @@ class Trainer:
                 started = time.process_time()
                 stats = self.train_step(self.step)
                 if not math.isfinite(stats["loss"]):  # the weights are spoilt now: never save them
+                    kept = (
+                        f"{self.latest_path} still holds the last good weights"
+                        if self.latest_path.exists()
+                        else "no checkpoint of this run was written yet"
+                    )
                     raise TrainingDivergedError(
-                        f"training diverged at step {self.step + 1} (loss {stats['loss']}); {self.latest_path} "
-                        "still holds the last good weights: lower [train] lr and continue with --resume"
+                        f"training diverged at step {self.step + 1} (loss {stats['loss']}); {kept}: lower "
+                        "[train] lr and continue with --resume (or start again)"
                     )
                 self.cpu_seconds += time.process_time() - started
                 self.step += 1

@@ -18,7 +18,7 @@ from stereodsc.edge_encoder.encoder import EdgeEncoder, encode_file
 from stereodsc.entropy import ideal_bits
 from stereodsc.errors import BitstreamError, ConfigError, DataError
 from stereodsc.eval.preprocess import pad_to_multiple
-from stereodsc.export.graphs import to_float, to_uint8
+from stereodsc.export.graphs import round_weights_to_half, to_float, to_uint8
 from stereodsc.host_decoder.decoder import HostDecoder, SideImageError, UndecodableFrameError, decode_file
 from stereodsc.images import read_rgb, write_rgb
 from stereodsc.models.base import CompressionModel, bits
@@ -70,6 +70,7 @@ def test_every_model_and_quality_roundtrips_exactly(
     bundle = load_bundle(bundle_dir(tmp_path_factory, bundle_name))
     model, _ = model_from_checkpoint(checkpoint(tmp_path_factory, ckpt))
     assert isinstance(model, CompressionModel)
+    round_weights_to_half(model)  # as the export stored them
     x, side = sample_pair(120, 250, seed=3)  # pads to 128x256 (stride 16, and 64 with a hyperprior)
     codec = bundle.codec(role)
     uses_side = codec.uses_side_info

@@ -25,7 +25,7 @@ from stereodsc.bundle import MANIFEST, SCHEMA, SELF_DIGEST, Bundle, load_bundle,
 from stereodsc.edge_encoder.encoder import EdgeEncoder
 from stereodsc.entropy import IntegerScaleNet
 from stereodsc.errors import BitstreamError, BundleError
-from stereodsc.export.graphs import to_float
+from stereodsc.export.graphs import round_weights_to_half, to_float
 from stereodsc.export.parity import fit
 from stereodsc.export.scale_path_export import float_indexes, scale_path_from_torch
 from stereodsc.host_decoder.decoder import HostDecoder
@@ -51,6 +51,7 @@ def hyper(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 def _model(factory: pytest.TempPathFactory, role: str) -> CompressionModel:
     model, _ = model_from_checkpoint(checkpoint(factory, ROLES[role]))
     assert isinstance(model, CompressionModel) and isinstance(model.prior, ScaleHyperprior)
+    round_weights_to_half(model)  # as the export stored them
     return model.eval()
 
 

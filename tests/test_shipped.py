@@ -25,6 +25,9 @@ CARD = {
         "intra": {0: (0.0291, 19.87), 1: (0.0610, 21.85), 2: (0.1245, 23.28), 3: (0.2668, 25.09)},
         "side_info": {0: (0.0046, 19.21), 1: (0.0300, 21.22), 2: (0.0876, 22.74), 3: (0.2234, 24.91)},
     },
+    "dsin": {
+        "side_info": {0: (0.0186, 19.53), 1: (0.0430, 21.49), 2: (0.0896, 22.73), 3: (0.2244, 24.73)},
+    },
 }
 SHIPPED = shipped_bundles()
 POINTS = [(name, role, q) for name, codecs in CARD.items() for role, qs in codecs.items() for q in qs]

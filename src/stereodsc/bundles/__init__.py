@@ -3,8 +3,9 @@
 `default/` holds the codecs a fresh install uses when a config names no bundle: the reference
 camera's intra codec (balle2017) and the dependent cameras' side-information codec (ndic), at four
 qualities each. `dsin/` holds DSIN's side-information codec only (its reference camera uses the
-default bundle's intra codec), for the comparison of the papers' methods; its host graphs are
-fixed-size (the SI-Finder), exported for 128x256 and 375x1242.
+default bundle's intra codec), for the comparison of the papers' methods; its host graph is
+fixed-size (the SI-Finder), exported for 128x256 only (the paper protocol; another size means
+another export from the training runs, see README).
 
 A config's ``bundle`` may name a shipped bundle ("default", "dsin") instead of a folder.
 """

@@ -49,11 +49,12 @@ $(foreach m,balle2017 ndic,$(eval $(call chain,$(m))))
 runs/ndic_cam_kitti/finished: runs/ndic_kitti/finished
 $(foreach l,$(LAMBDAS),$(eval runs/dsin_$(l)/finished: runs/balle2017_$(l)/finished))
 
-# Export the trained runs as the bundles that ship in the package (float16 kernels, parity-checked).
+# Export the trained runs as the bundles that ship in the package (float16 kernels, parity-checked;
+# DSIN's host graph is per size: 128x256 only, to stay within the 30 MB the package ships).
 ckpts = $(foreach l,$(LAMBDAS),runs/$(1)_$(l)/latest.pt)
 bundles: weights
 	$(BIN)/stereodsc export $(call ckpts,balle2017) $(call ckpts,ndic) --out src/stereodsc/bundles/default --overwrite
-	$(BIN)/stereodsc export $(call ckpts,dsin) --out src/stereodsc/bundles/dsin --overwrite
+	$(BIN)/stereodsc export $(call ckpts,dsin) --out src/stereodsc/bundles/dsin --size 128x256 --overwrite
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,6 +19,7 @@ from stereodsc.errors import StereoDSCError
 EPILOG = """\
 examples:
   stereodsc demo                                   host + 2 camera nodes on loopback with the bundled sample
+  stereodsc models                                 the trained bundles that ship: codecs, qualities, measured bpp/PSNR
   stereodsc train --config configs/ndic_kitti.toml train NDIC on a KITTI drive (add --resume to continue)
   stereodsc calibrate --left 'cal/left*.jpg' --right 'cal/right*.jpg' --board 9x6 --square 0.025 -o rig.toml
   stereodsc calibrate --check rig.toml --left L.png --right R.png -o check.png

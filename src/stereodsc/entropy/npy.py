@@ -1,10 +1,13 @@
 """Strict reading of one ``.npy`` member of a table file: never unpickles, and checks the header's
-shape against the bytes present before allocating, so a tampered file cannot ask for 10^12 entries."""
+shape against the bytes present before allocating, so a tampered file cannot ask for 10^12 entries.
+Also the freezing of the arrays a loaded table object holds."""
 
 from __future__ import annotations
 
 import io
 import math
+from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -27,3 +30,12 @@ def parse_npy(raw: bytes, name: str, dtype: np.dtype, error: type[BitstreamError
     if len(body) != dtype.itemsize * math.prod(shape):
         raise error(f"member {name}: header says shape {shape}, data holds {len(body)} bytes")
     return np.frombuffer(body, dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def freeze_arrays(obj: Any, fields: Iterable[tuple[str, Any]]) -> None:
+    """Replace each (name, dtype) field of the frozen dataclass `obj` by a read-only, C-order,
+    native-byte-order copy of that dtype: nothing outside can change a table after it was checked."""
+    for name, dtype in fields:
+        arr = np.array(getattr(obj, name), dtype=np.dtype(dtype).newbyteorder("="), order="C", copy=True)
+        arr.setflags(write=False)
+        object.__setattr__(obj, name, arr)

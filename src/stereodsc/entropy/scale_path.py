@@ -51,7 +51,7 @@ import numpy as np
 
 from stereodsc.errors import BitstreamError
 
-from .npy import parse_npy
+from .npy import freeze_arrays, parse_npy
 
 FORMAT_VERSION = 1
 WEIGHT_MAX = (1 << 15) - 1  # int16, symmetric: -32768 is refused so |w| <= WEIGHT_MAX
@@ -103,10 +103,7 @@ class IntegerScaleNet:
 
     def __post_init__(self) -> None:
         _validate(self)
-        for name, dtype in _FIELDS:
-            arr = np.array(getattr(self, name), dtype=np.dtype(dtype).newbyteorder("="), order="C", copy=True)
-            arr.setflags(write=False)
-            object.__setattr__(self, name, arr)
+        freeze_arrays(self, _FIELDS)
 
     @property
     def latent_channels(self) -> int:

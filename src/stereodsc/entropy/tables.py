@@ -25,7 +25,7 @@ import numpy as np
 from stereodsc.errors import BitstreamError
 
 from ._kernels import INT32_MAX, INT32_MIN, RANS_L
-from .npy import parse_npy
+from .npy import freeze_arrays, parse_npy
 
 MAX_PRECISION = 16  # ryg_rans' byte-wise coder needs scale_bits <= 16 with L = 2**23
 TABLES_FORMAT_VERSION = 1
@@ -53,10 +53,7 @@ class CdfTables:
 
     def __post_init__(self) -> None:
         _validate(self.cdf, self.cdf_length, self.offset, self.precision)
-        for name in ("cdf", "cdf_length", "offset"):
-            arr = np.array(getattr(self, name), dtype=np.int32, order="C", copy=True)
-            arr.setflags(write=False)
-            object.__setattr__(self, name, arr)
+        freeze_arrays(self, ((name, np.int32) for name in ("cdf", "cdf_length", "offset")))
 
     @property
     def num_rows(self) -> int:

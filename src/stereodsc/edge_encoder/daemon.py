@@ -167,6 +167,7 @@ class CameraNode:
         self._stop = True
 
     def _take_link_stats(self) -> None:
+        """Copy the link's delivery counts into the node's statistics (for the log line and the end)."""
         self.stats.acked, self.stats.lost = self.sender.stats.acked, self.sender.stats.lost
 
     def _paced(self) -> Iterator[Any]:
@@ -244,8 +245,8 @@ class CameraNode:
                     log_file.flush()
                 self.seq = (self.seq + 1) & 0xFFFFFFFF
                 now = time.monotonic()
-                self._take_link_stats()
                 if now - last_stats >= self.cfg.log.stats_every_s:
+                    self._take_link_stats()
                     log.info("camera %d.%d: %s", cam.rig_id, cam.camera_id, self.stats.line(now - started))
                     last_stats = now
                 if cam.max_frames and self.stats.captured >= cam.max_frames:

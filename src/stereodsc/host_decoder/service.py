@@ -21,7 +21,7 @@ from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -38,6 +38,9 @@ from stereodsc.host_decoder.pairing import (
 )
 from stereodsc.tomlio import load_toml, sections
 from stereodsc.wire import BundleMismatchError, Frame, Role, seq_delta, unpack
+
+if TYPE_CHECKING:
+    from stereodsc.transport import ReceiverStats
 
 log = logging.getLogger("stereodsc.host")
 
@@ -178,7 +181,7 @@ class HostStats:
     decode_errors: Counter[str] = field(default_factory=Counter)
     sequence_gaps: int = 0  # frames a camera numbered but the host never received
     refused_keys: Counter[str] = field(default_factory=Counter)  # CURVE handshakes refused, by camera key
-    link: dict[str, int] = field(default_factory=dict)  # the receiver's: acks_dropped, rejected_envelope
+    link: ReceiverStats | None = None  # the receiver's own counters (acks_dropped, rejected_envelope)
     latency: LatencyStats = field(default_factory=LatencyStats)
     cameras: dict[tuple[int, int], CameraState] = field(default_factory=dict)  # (rig, camera) -> state
     stale_after_s: float = 0.0
@@ -201,7 +204,9 @@ class HostStats:
             "decode_errors": dict(self.decode_errors),
             "sequence_gaps": self.sequence_gaps,
             "refused_keys": dict(self.refused_keys),
-            "link": dict(self.link),
+            "link": {"acks_dropped": self.link.acks_dropped, "rejected_envelope": self.link.rejected_envelope}
+            if self.link
+            else {},
             "cameras": self._cameras_dict(time.monotonic()),
             "latency": self.latency.percentiles(),
         }
@@ -260,7 +265,7 @@ class HostService:
         )
         self.publisher = DecodedPublisher(cfg.sinks.publish) if cfg.sinks.publish else None
         self.callbacks = list(callbacks or [])
-        self.stats = HostStats(stale_after_s=cfg.host.stale_after_s)
+        self.stats = HostStats(stale_after_s=cfg.host.stale_after_s, link=self.receiver.stats)
         self._references: dict[tuple[int, int, int, int], np.ndarray] = {}
         self._arrivals: dict[int, tuple[float, int]] = {}  # id(frame) -> (receipt time, wire bytes)
         self._last_seq: dict[tuple[int, int], int] = {}
@@ -300,8 +305,6 @@ class HostService:
             while not self._stop:
                 self.check_refused()
                 data = self.receiver.recv(timeout_ms=50)
-                rx = self.receiver.stats
-                self.stats.link = {"acks_dropped": rx.acks_dropped, "rejected_envelope": rx.rejected_envelope}
                 now = time.monotonic()
                 if data is not None:
                     last_rx = now

@@ -44,6 +44,14 @@ def connect(sender: FrameSender, receiver: FrameReceiver) -> None:
     pytest.fail("sender never connected to the receiver")
 
 
+def connect_idle(sender: FrameSender, receiver: FrameReceiver) -> None:
+    """Connect, then read the probes still on their way and take their acks: nothing in flight after."""
+    connect(sender, receiver)
+    while receiver.recv(timeout_ms=200) is not None:
+        pass
+    assert sender.drain(timeout_ms=2000) == 0
+
+
 def send_all(sender: FrameSender, frames: list[bytes], receiver: FrameReceiver) -> list[bytes]:
     """Send every frame, retrying those the HWM refused, while reading what arrives (non-probes).
 
@@ -217,10 +225,7 @@ def test_every_frame_taken_is_acked_and_drain_waits_for_the_acks(receiver: Frame
 
 def test_frames_the_host_never_takes_are_counted_lost_not_dropped_silently() -> None:
     with FrameReceiver("tcp://127.0.0.1:*") as receiver, FrameSender(receiver.endpoint) as sender:
-        connect(sender, receiver)
-        while receiver.recv(timeout_ms=200) is not None:  # probes still on their way
-            pass
-        assert sender.drain(timeout_ms=2000) == 0
+        connect_idle(sender, receiver)
         acked_before = sender.stats.acked
         for i in range(3):
             assert sender.send(bytes([i]))
@@ -232,10 +237,7 @@ def test_frames_the_host_never_takes_are_counted_lost_not_dropped_silently() -> 
 
 def test_frames_in_flight_are_capped_so_a_slow_host_builds_no_backlog() -> None:
     with FrameReceiver("tcp://127.0.0.1:*") as receiver, FrameSender(receiver.endpoint, max_in_flight=3) as sender:
-        connect(sender, receiver)
-        while receiver.recv(timeout_ms=200) is not None:
-            pass
-        assert sender.drain(timeout_ms=2000) == 0
+        connect_idle(sender, receiver)
         dropped = sender.stats.dropped_full
         accepted = [sender.send(bytes([i])) for i in range(20)]
         assert accepted == [True] * 3 + [False] * 17 and sender.stats.dropped_full - dropped == 17
@@ -248,10 +250,7 @@ def test_ack_timeout_counts_frames_lost_and_a_late_ack_moves_them_back() -> None
         FrameReceiver("tcp://127.0.0.1:*") as receiver,
         FrameSender(receiver.endpoint, heartbeat_ivl_ms=100, heartbeat_timeout_ms=200, ack_timeout_ms=400) as sender,
     ):
-        connect(sender, receiver)
-        while receiver.recv(timeout_ms=200) is not None:
-            pass
-        assert sender.drain(timeout_ms=2000) == 0
+        connect_idle(sender, receiver)
         acked = sender.stats.acked
         assert all(sender.send(bytes([i])) for i in range(2))
         time.sleep(0.6)  # the host holds them past the ack timeout
@@ -343,10 +342,7 @@ def test_a_host_restart_counts_what_was_in_flight_lost_and_frees_the_window() ->
     first = FrameReceiver("tcp://127.0.0.1:*")
     endpoint = first.endpoint
     with FrameSender(endpoint, max_in_flight=2, ack_timeout_ms=60_000) as sender:
-        connect(sender, first)
-        while first.recv(timeout_ms=200) is not None:
-            pass
-        assert sender.drain(timeout_ms=2000) == 0
+        connect_idle(sender, first)
         assert sender.send(b"a") and sender.send(b"b") and not sender.send(b"c")  # window full, host not reading
         first.close()  # the host dies with them; the ack timeout (60 s) is not what frees the window
         with FrameReceiver(endpoint) as second:

@@ -24,7 +24,7 @@ from stereodsc.images import read_rgb, write_rgb
 from stereodsc.models.base import CompressionModel, bits
 from stereodsc.train.checkpoint import model_from_checkpoint
 from stereodsc.wire import BundleMismatchError, Frame, Role, unpack
-from tiny_models import bundle_dir, checkpoint, sample_pair
+from tiny_models import assert_symbols_agree, bundle_dir, checkpoint, sample_pair
 
 # (bundle, role, quality, checkpoint): every model at every quality it was exported at.
 CASES = [
@@ -84,9 +84,10 @@ def test_every_model_and_quality_roundtrips_exactly(
         xt = to_float(torch.from_numpy(pad_to_multiple(x, codec.stride)[0])[None])
         yt = to_float(torch.from_numpy(pad_to_multiple(side, codec.stride)[0])[None]) if uses_side else None
         reference = model.analysis(xt)
-        for name, coded in encoded.latents.items():  # y, and a hyperprior's z: exactly the model's symbols
-            assert np.array_equal(coded, reference[name][0].to(torch.int32).numpy()), name
-        expected = to_uint8(model.synthesis({"y": reference["y"]}, yt))[0].numpy()[:120, :250]
+        for name, coded in encoded.latents.items():  # y, and a hyperprior's z: the model's symbols
+            assert_symbols_agree(coded, reference[name][0].to(torch.int32).numpy(), name)
+        y = torch.from_numpy(encoded.symbols)[None].to(torch.float32)  # what the host decodes
+        expected = to_uint8(model.synthesis({"y": y}, yt))[0].numpy()[:120, :250]
         likelihood_bits = float(bits(model(xt, yt)["likelihoods"].values()))
     assert np.abs(image.astype(int) - expected).max() <= 1
     assert np.abs(symbols).max() > 0  # the tiny models code non-trivial symbols

@@ -32,6 +32,11 @@ CHECKPOINTS: dict[str, tuple[str, dict[str, Any], float, int]] = {
     "ndic_hyper": ("ndic", {"backbone": "balle2018"}, 0.01, 7),
 }
 SMALL_SIZES = ((64, 128), (128, 256))
+FLIP_FRACTION = 1e-3
+"""The parity contract between float backends (torch, onnxruntime, TensorRT; AVX2 or AVX-512): a
+symbol may differ by 1 where its latent lies within float round-off of k + 0.5, in at most one symbol
+of 1000 (one flip is always allowed). What must be exact is the integer path: a frame's bytes decode
+to the same symbols on every machine (the golden frames of test_golden.py pin it)."""
 # name -> (checkpoints, sizes): balle2017 + ndic also run at KITTI's native size (dynamic shapes).
 BUNDLES = {
     "stereo": (("balle_hi", "ndic_lo", "balle_lo", "ndic_hi"), ((64, 128), (375, 1242))),
@@ -115,6 +120,25 @@ def checkpoint(factory: pytest.TempPathFactory, name: str) -> Path:
     if not path.is_file():
         write_checkpoint(path, *CHECKPOINTS[name])
     return path
+
+
+def flip_budget(symbols: int) -> int:
+    """How many rounding-boundary flips the parity contract allows among `symbols` symbols."""
+    return max(1, int(FLIP_FRACTION * symbols))
+
+
+def assert_symbols_agree(a: np.ndarray, b: np.ndarray, what: str = "") -> None:
+    """Symbols of two float backends: equal up to the contract's rounding-boundary flips."""
+    assert a.shape == b.shape, what
+    delta = np.abs(a.astype(np.int64) - b.astype(np.int64))
+    assert delta.max(initial=0) <= 1, f"{what}: symbols differ by {delta.max()}, not a rounding flip"
+    assert np.count_nonzero(delta) <= flip_budget(a.size), f"{what}: {np.count_nonzero(delta)} of {a.size} differ"
+
+
+def assert_parity_contract(parity: dict[str, Any] | None) -> None:
+    """A manifest parity record keeps the contract: every mismatch is a boundary flip, within budget."""
+    assert parity is not None and parity["symbols"] > 0
+    assert parity["symbol_mismatches"] == parity["boundary_flips"] <= flip_budget(parity["symbols"]), parity
 
 
 def sample_pair(h: int = 64, w: int = 128, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

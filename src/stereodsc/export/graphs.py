@@ -191,10 +191,19 @@ def round_weights_to_half(model: nn.Module, min_elements: int = HALF_MIN_ELEMENT
     rounded = 0
     with torch.no_grad():
         for param in model.parameters():
-            if param.is_floating_point() and param.numel() >= min_elements:
+            if param.is_floating_point() and param.numel() >= min_elements and fits_half(param.detach().numpy()):
                 param.copy_(param.half().float())
                 rounded += 1
     return rounded
+
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+def fits_half(values: np.ndarray) -> bool:
+    """Whether float16 can hold every value's magnitude (a larger one would become inf): such a tensor
+    stays float32 in the graph and in the model the parity check uses."""
+    return bool(np.all(np.isfinite(values)) and np.abs(values).max(initial=0.0) <= FLOAT16_MAX)
 
 
 def store_weights_half(path: Path, min_elements: int = HALF_MIN_ELEMENTS) -> int:
@@ -209,8 +218,11 @@ def store_weights_half(path: Path, min_elements: int = HALF_MIN_ELEMENTS) -> int
     kept, casts, converted = [], [], 0
     for init in graph.initializer:
         values = numpy_helper.to_array(init)
+        if values.dtype != np.float32 or values.size < min_elements or not fits_half(values):
+            kept.append(init)
+            continue
         half = values.astype(np.float16)
-        if values.dtype == np.float32 and values.size >= min_elements and np.array_equal(half, values):
+        if np.array_equal(half, values):
             kept.append(numpy_helper.from_array(half, f"{init.name}__f16"))
             casts.append(helper.make_node("Cast", [f"{init.name}__f16"], [init.name], to=onnx.TensorProto.FLOAT))
             converted += 1

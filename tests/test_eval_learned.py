@@ -162,7 +162,7 @@ def test_visualize_common_and_private_information(paper_run: tuple[Path, dict], 
     assert psnr(x, decoded) == pytest.approx(record["psnr"])
 
 
-def test_checkpoints_form_curves_and_dsin_shows_y_syn(tmp_path_factory: pytest.TempPathFactory, sample_drive: Path):
+def test_checkpoints_form_curves_and_dsin_shows_side_syn(tmp_path_factory: pytest.TempPathFactory, sample_drive: Path):
     ckpts = [checkpoint(tmp_path_factory, n) for n in ("balle_hi", "dsin", "balle_lo")]
     out = tmp_path_factory.mktemp("eval_ckpt")
     path = run_eval(ckpts, sample_drive, codecs=[], out=out, max_images=1, visualize=True, progress=False)
@@ -174,8 +174,8 @@ def test_checkpoints_form_curves_and_dsin_shows_y_syn(tmp_path_factory: pytest.T
     assert doc["meta"]["headline"] == ["dsin vs balle2017"]
     assert set(doc["bd_rate"]) == {"dsin vs balle2017"}
     folder = out / "visualize" / "dsin" / "q0"
-    y_syn, x_dec = read_rgb(folder / "0000000000_R_y_syn.png"), read_rgb(folder / "0000000000_R_x_dec.png")
-    assert y_syn.shape == x_dec.shape == (128, 256, 3) and np.any(y_syn != x_dec)
+    side_syn, x_dec = read_rgb(folder / "0000000000_R_side_syn.png"), read_rgb(folder / "0000000000_R_x_dec.png")
+    assert side_syn.shape == x_dec.shape == (128, 256, 3) and np.any(side_syn != x_dec)
     assert (out / "visualize" / "correlation_gain.png").is_file()
 
 

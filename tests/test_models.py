@@ -293,10 +293,10 @@ def test_si_finder_recovers_a_horizontal_shift() -> None:
     big = F.avg_pool2d(big, 3, stride=1, padding=1)  # keep texture, drop pixel-level noise
     x, y = big[..., :96], big[..., shift:]  # x[c] == y[c - shift]: content sits 7 px left in y
     for prior in (True, False):
-        y_syn = si_finder(x, y, y, patch=(20, 24), gaussian_prior=prior)
-        assert y_syn.shape == x.shape
+        side_syn = si_finder(x, y, y, patch=(20, 24), gaussian_prior=prior)
+        assert side_syn.shape == x.shape
         # Every patch whose match lies fully inside y (columns >= shift) is reproduced exactly.
-        torch.testing.assert_close(y_syn[..., 24:], x[..., 24:], rtol=0, atol=0)
+        torch.testing.assert_close(side_syn[..., 24:], x[..., 24:], rtol=0, atol=0)
     # A band of 0 rows still finds a purely horizontal shift; a vertical one it cannot.
     torch.testing.assert_close(si_finder(x, y, y, max_row_offset=0)[..., 24:], x[..., 24:])
     x_v, y_v = big[:, :, 3:, :96][..., :36, :], big[:, :, :36, :96]
@@ -339,9 +339,9 @@ def test_si_finder_matches_a_brute_force_search() -> None:
 
 def test_si_finder_pads_to_the_patch_and_crops_back() -> None:
     x = smooth_image(44, 100)
-    y_syn = si_finder(x, x, x)
-    assert y_syn.shape == x.shape
-    torch.testing.assert_close(y_syn[..., :40, :96], x[..., :40, :96])
+    side_syn = si_finder(x, x, x)
+    assert side_syn.shape == x.shape
+    torch.testing.assert_close(side_syn[..., :40, :96], x[..., :40, :96])
 
 
 def test_dsin_outputs_and_side_path() -> None:
@@ -349,9 +349,9 @@ def test_dsin_outputs_and_side_path() -> None:
     x, y = pair()
     with torch.no_grad():
         out = model(x, y)
-    assert out["x_dec"].shape == out["y_syn"].shape == x.shape
-    # y_syn is made only of pixels of the original y
-    assert torch.isin(out["y_syn"].flatten(), y.flatten()).all()
+    assert out["x_dec"].shape == out["side_syn"].shape == x.shape
+    # side_syn is made only of pixels of the original side image
+    assert torch.isin(out["side_syn"].flatten(), y.flatten()).all()
 
 
 def test_a_loss_term_of_weight_zero_cannot_turn_the_loss_nan() -> None:
@@ -360,6 +360,6 @@ def test_a_loss_term_of_weight_zero_cannot_turn_the_loss_nan() -> None:
     model = build_model("ndic_cam", "small", N=8, M=8)
     x, y = torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64)
     out = model(x, y)
-    out["y_hat"] = torch.full_like(out["y_hat"], float("inf"))
+    out["side_hat"] = torch.full_like(out["side_hat"], float("inf"))
     terms = model.loss(out, x, y, 0.01, mse)
-    assert torch.isfinite(terms["loss"]) and not torch.isfinite(terms["distortion_y"])
+    assert torch.isfinite(terms["loss"]) and not torch.isfinite(terms["distortion_side"])

@@ -48,18 +48,18 @@ def test_stereo_pairs_are_simultaneous_left_right(sample_drive: Path) -> None:
     seq = kitti_raw_sequence(sample_drive)
     assert len(seq.left) == 12
     pairs = make_pairs(seq, "stereo", both_directions=False)
-    assert {(p.x.parts[-3], p.y.parts[-3]) for p in pairs} == {("image_02", "image_03")}
-    assert all(p.x.name == p.y.name for p in pairs)
+    assert {(p.x.parts[-3], p.side.parts[-3]) for p in pairs} == {("image_02", "image_03")}
+    assert all(p.x.name == p.side.name for p in pairs)
     assert len(pairs) == 12
 
 
 def test_general_pairs_shift_time_by_one_to_three(sample_drive: Path) -> None:
     seq = kitti_raw_sequence(sample_drive)
     pairs = make_pairs(seq, "general", max_shift=3, both_directions=True)
-    shifts = {int(p.y.stem) - int(p.x.stem) for p in pairs}
+    shifts = {int(p.side.stem) - int(p.x.stem) for p in pairs}
     assert shifts == {-3, -2, -1, 1, 2, 3}
     # both directions: for each (left t, right t+k) there is (right t, left t+k)
-    dirs = {(p.x.parts[-3], p.y.parts[-3]) for p in pairs}
+    dirs = {(p.x.parts[-3], p.side.parts[-3]) for p in pairs}
     assert dirs == {("image_02", "image_03"), ("image_03", "image_02")}
     # frame 0 has partners at +1..+3 only: 3 shifts x 2 directions
     assert sum(p.frame == 0 for p in pairs) == 6
@@ -68,7 +68,7 @@ def test_general_pairs_shift_time_by_one_to_three(sample_drive: Path) -> None:
 def test_validation_frames_are_held_out(sample_drive: Path, tmp_path: Path) -> None:
     cfg = config_from_dict(tiny_config(tmp_path) | {"data": {"kind": "sample", "val_frames": 3, "pairing": "both"}})
     train_pairs, val_pairs = build_pairs(cfg)
-    train_files = {p.x.name for p in train_pairs} | {p.y.name for p in train_pairs}
+    train_files = {p.x.name for p in train_pairs} | {p.side.name for p in train_pairs}
     val_files = {p.x.name for p in val_pairs}
     assert not train_files & val_files, "a validation frame leaked into training (also through general pairs)"
     assert len(val_pairs) == 6
@@ -104,7 +104,7 @@ def test_folder_and_list_and_cityscapes_layouts(tmp_path: Path, sample_drive: Pa
     lst = tmp_path / "KITTI_stereo_train.txt"
     lst.write_text("a/image_2/000000_10.png\na/image_3/000000_10.png\n")
     pairs = kitti_list_pairs(lst, tmp_path)
-    assert pairs[0].x == tmp_path / "a/image_2/000000_10.png" and pairs[0].y.name == "000000_10.png"
+    assert pairs[0].x == tmp_path / "a/image_2/000000_10.png" and pairs[0].side.name == "000000_10.png"
     lst.write_text("only_one_line.png\n")
     with pytest.raises(DataError, match="pairs"):
         kitti_list_pairs(lst, tmp_path)

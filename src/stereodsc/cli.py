@@ -363,7 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--visualize",
         action="store_true",
-        help="common/private information images (NDIC, NDIC-CAM), DSIN y_syn, correlation-vs-gain plot",
+        help="common/private information images (NDIC, NDIC-CAM), DSIN side_syn, correlation-vs-gain plot",
     )
     ev.add_argument("--out", required=True, type=Path, help="output folder")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

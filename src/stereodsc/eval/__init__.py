@@ -11,5 +11,5 @@ The sub-modules are independent and import their heavy dependencies lazily, so t
 - ``plots``: RD curve PNGs.
 - ``learned``: our codecs through the deployed path (edge graph, rANS, wire, host graph): real bytes.
 - ``run``: ``stereodsc eval``: learned codecs and anchors on the same images, results.json, plots.
-- ``visualize``: common vs private information (NDIC, NDIC-CAM), DSIN's y_syn, correlation vs gain.
+- ``visualize``: common vs private information (NDIC, NDIC-CAM), DSIN's side_syn, correlation vs gain.
 """

@@ -59,7 +59,7 @@ class LearnedMethod:
     ``group`` is the --model source it came from (a bundle folder, or all checkpoints together):
     side-information codecs are compared with, and take decoded side images from, the intra codec
     of their own group. ``checkpoints`` (per quality) are kept when the model came as checkpoints,
-    for what only torch can show (DSIN's y_syn).
+    for what only torch can show (DSIN's side_syn).
     """
 
     name: str

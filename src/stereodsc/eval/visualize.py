@@ -5,7 +5,7 @@
   zeroed with the real side image (what the decoder takes from y). Both run the bundle's host ONNX
   graph, whose inputs are exactly the symbols and the side image, so bundles and checkpoints work
   alike and what is shown is what is deployed.
-- DSIN's synthetic side image y_syn (the SI-Finder's patches of y): torch only, so it needs the
+- DSIN's synthetic side image side_syn (the SI-Finder's patches of the side image): torch only, so it needs the
   checkpoint.
 - Correlation vs gain: per image, how alike x and y are (Pearson correlation of the grey images)
   against what the side-information codec gains over the no-side-information codec of the same
@@ -110,7 +110,7 @@ def information_images(
 
 
 def dsin_images(method: LearnedMethod, pairs: Sequence[EvalPair], out_dir: Path) -> list[Path]:
-    """DSIN's x_dec (before SI-Net), y_syn and x_hat from the torch model of each checkpoint."""
+    """DSIN's x_dec (before SI-Net), side_syn and x_hat from the torch model of each checkpoint."""
     import torch
 
     from stereodsc.export.graphs import to_float, to_uint8
@@ -127,7 +127,7 @@ def dsin_images(method: LearnedMethod, pairs: Sequence[EvalPair], out_dir: Path)
             x, y = (to_float(torch.from_numpy(_padded(img, model.stride))[None]) for img in (pair.x, pair.y))
             with torch.no_grad():
                 out = model(x, y)
-            images = {k: np.ascontiguousarray(crop(to_uint8(out[k])[0].numpy(), (h, w))) for k in ("x_dec", "y_syn")}
+            images = {k: np.ascontiguousarray(crop(to_uint8(out[k])[0].numpy(), (h, w))) for k in ("x_dec", "side_syn")}
             for kind, image in images.items():
                 write_rgb(folder / f"{pair.name}_{kind}.png", image)
                 written.append(folder / f"{pair.name}_{kind}.png")
@@ -135,8 +135,8 @@ def dsin_images(method: LearnedMethod, pairs: Sequence[EvalPair], out_dir: Path)
                 (f"x ({pair.name})", pair.x),
                 ("side image y", pair.y),
                 ("x_dec: x decoded from its bits alone (before SI-Net)", images["x_dec"]),
-                ("y_syn: SI-Finder's patches of y matched to x_dec", images["y_syn"]),
-                ("x_hat: SI-Net(x_dec, y_syn)", np.ascontiguousarray(crop(to_uint8(out["x_hat"])[0].numpy(), (h, w)))),
+                ("side_syn: SI-Finder's patches of the side image matched to x_dec", images["side_syn"]),
+                ("x_hat: SI-Net refinement", np.ascontiguousarray(crop(to_uint8(out["x_hat"])[0].numpy(), (h, w)))),
             ]
             written.append(_panel(folder / f"{pair.name}_panel.png", items))
     return written
@@ -233,7 +233,7 @@ def write_visualizations(
             if method.checkpoints:
                 files += dsin_images(method, shown, out_dir)
             else:
-                notes.append(f"{method.name}: y_syn needs the torch model; pass its checkpoint (.pt) as --model")
+                notes.append(f"{method.name}: side_syn needs the torch model; pass its checkpoint (.pt) as --model")
     points = correlation_gain(methods, pairs, records)
     plot = None
     if points:

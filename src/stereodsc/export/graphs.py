@@ -90,10 +90,10 @@ def fixed_size_reason(model: CompressionModel, part: str) -> str | None:
     """
     if getattr(model, "patch_mode", None) == "grid":
         return "NDIC-CAM with patch_mode='grid' runs only at its training image_size"
-    if part == "host" and isinstance(model, DSIN):
+    if part == "host" and isinstance(model, DSIN) and model.search == "exhaustive":
         return (
-            "DSIN's SI-Finder loops over the rows of patches and indexes by the padded width "
-            "(shape-dependent control flow): one host graph per padded size"
+            "DSIN's exhaustive SI-Finder loops over the rows of patches and indexes by the padded width "
+            "(shape-dependent control flow): one host graph per padded size (search='band' exports once)"
         )
     return None
 

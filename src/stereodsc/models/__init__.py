@@ -12,19 +12,24 @@ from typing import Any
 from stereodsc.errors import ConfigError
 from stereodsc.models.balle import Balle2017, Balle2018
 from stereodsc.models.base import CompressionModel
-from stereodsc.models.dsin import DSIN, si_finder
+from stereodsc.models.dsin import DSIN, band_si_finder, si_finder
 from stereodsc.models.entropy_models import EntropyBottleneck, GaussianConditional
+from stereodsc.models.macs import count_macs, edge_macs
 from stereodsc.models.ndic import NDIC
 from stereodsc.models.ndic_cam import NDICCAM
 
 __all__ = [
+    "EDGE_PRESETS",
     "MODEL_NAMES",
     "PRESETS",
     "CompressionModel",
     "EntropyBottleneck",
     "GaussianConditional",
+    "band_si_finder",
     "build_model",
+    "count_macs",
     "default_options",
+    "edge_macs",
     "si_finder",
 ]
 
@@ -32,10 +37,35 @@ _MODELS: dict[str, type[CompressionModel]] = {cls.name: cls for cls in (Balle201
 MODEL_NAMES: tuple[str, ...] = tuple(_MODELS)
 
 # Options a model does not take (e.g. CAM sizes for balle2017) are ignored by that model.
+# "small" and "paper" keep Ballé's full encoder (5.3 and ~40 GMAC per 375x1242 frame): the papers'
+# architectures, for the paper-protocol comparison. The EDGE_PRESETS are what a camera board runs:
+# the minimal encoder (<= 1.5 GMAC per native frame for g_a + h_a, pinned by tests/test_models_edge.py),
+# the decoder as wide as the host affords; "native_large" for the high rates where "native" saturates.
 PRESETS: dict[str, dict[str, Any]] = {
     "small": {"N": 64, "M": 96, "heads": 4, "dim": 128, "dim_head": 32},  # trains on CPU
     "paper": {"N": 192, "M": 192, "heads": 8, "dim": 256, "dim_head": 256},  # NDIC / NDIC-CAM sizes
+    "native": {
+        "N": 64,
+        "M": 128,
+        "encoder": "minimal",
+        "edge_channels": [32, 64, 64],
+        "hyper_channels": 64,
+        "heads": 4,
+        "dim": 64,
+        "dim_head": 16,
+    },
+    "native_large": {
+        "N": 128,
+        "M": 192,
+        "encoder": "minimal",
+        "edge_channels": [32, 64, 96],
+        "hyper_channels": 64,
+        "heads": 4,
+        "dim": 128,
+        "dim_head": 32,
+    },
 }
+EDGE_PRESETS = ("native", "native_large")
 
 
 def _model_class(name: str) -> type[CompressionModel]:

@@ -1,38 +1,84 @@
 """Ballé 2017 (factorized prior) and Ballé 2018 (scale hyperprior) single-image codecs.
 
-DSIN builds on the factorized model; NDIC reuses the same priors (``priors.py``) and transforms.
+DSIN builds on these models; NDIC reuses the same priors (``priors.py``) and transforms.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
-from torch import Tensor
+from torch import Tensor, nn
 
-from stereodsc.models.base import CompressionModel
-from stereodsc.models.layers import analysis_transform, synthesis_transform
-from stereodsc.models.priors import PRIORS
+from stereodsc.models.base import CompressionModel, check_choice
+from stereodsc.models.layers import ENCODERS, encoder_transform, synthesis_transform
+from stereodsc.models.priors import PRIORS, FactorizedPrior, ScaleHyperprior
+
+EDGE_CHANNELS = (32, 64, 64)
+
+
+def build_backbone(
+    backbone: str, N: int, M: int, encoder: str, edge_channels: Sequence[int], hyper_channels: int | None
+) -> tuple[nn.Sequential, FactorizedPrior | ScaleHyperprior]:
+    """(g_a, prior) of a transmitted latent: what every model's camera side is made of.
+
+    ``hyper_channels`` is the width of the hyperprior's h_a / h_s and of z (None: N, as Ballé 2018);
+    the factorized prior has no such part.
+    """
+    check_choice("backbone", "backbone", backbone, PRIORS)
+    check_choice("backbone", "encoder", encoder, ENCODERS)
+    prior = PRIORS[backbone](hyper_channels or N, M)
+    return encoder_transform(encoder, N, M, edge_channels), prior
 
 
 class BalleModel(CompressionModel):
-    """g_a -> prior -> g_s with 4 x (conv 5x5 stride 2 + GDN) transforms; N, M channels."""
+    """g_a -> prior -> g_s; 4-stage transforms (``encoder`` picks g_a's form), N, M channels.
 
-    prior_name: ClassVar[str]
+    Data flow (the hyperprior part only for Ballé 2018)::
 
-    def __init__(self, N: int = 64, M: int = 96, **extra: Any) -> None:
-        prior = PRIORS[self.prior_name](N, M)
-        super().__init__({"N": N, "M": M, **extra}, stride=16 * prior.stride_factor)
-        self.g_a = analysis_transform(N, M)
+        x ──g_a──> y ──Q──> y_hat ──g_s──> x_hat
+                   │          ^
+                  |.|         │ scales (GaussianConditional)
+                   v          │
+                  h_a ──> z ──Q──> z_hat ──h_s──┘
+
+        likelihoods = {"y": p(y_hat) (, "z": p(z_hat))}
+    """
+
+    prior_name: ClassVar[str]  # the default prior; a subclass with a ``backbone`` option passes it in ``extra``
+
+    def __init__(
+        self,
+        N: int = 64,
+        M: int = 96,
+        encoder: str = "full",
+        edge_channels: Sequence[int] = EDGE_CHANNELS,
+        hyper_channels: int | None = None,
+        **extra: Any,
+    ) -> None:
+        edge_channels = [int(c) for c in edge_channels]
+        backbone = extra.get("backbone", self.prior_name)
+        g_a, prior = build_backbone(backbone, N, M, encoder, edge_channels, hyper_channels)
+        options = {
+            "N": N,
+            "M": M,
+            "encoder": encoder,
+            "edge_channels": edge_channels,
+            "hyper_channels": hyper_channels,
+            **extra,
+        }
+        super().__init__(options, stride=16 * prior.stride_factor)
+        self.g_a = g_a
         self.prior = prior
         self.g_s = synthesis_transform((M, N, N, N), N)
 
     def code(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """x -> (decoded image, likelihoods of the transmitted latents)."""
-        latent_hat, likelihoods = self.prior(self.g_a(x))
-        return self.g_s(latent_hat), likelihoods
+        y_hat, likelihoods = self.prior(self.g_a(x))
+        return self.g_s(y_hat), likelihoods
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> dict[str, Any]:
-        self.check_inputs(x, y)
+    def forward(self, x: Tensor, side: Tensor | None = None) -> dict[str, Any]:
+        self.check_inputs(x, side)
         x_hat, likelihoods = self.code(x)
         return {"x_hat": x_hat, "likelihoods": likelihoods}
 

@@ -65,20 +65,20 @@ class CompressionModel(nn.Module):
     def check_side(self, side: Tensor | None, shape: torch.Size | None = None) -> Tensor:
         """Return the side image, or raise ValueError naming the fix if it is missing or misshapen."""
         if side is None:
-            raise ValueError(f"{self.name} decodes with side information: pass the other camera's image as y")
+            raise ValueError(f"{self.name} decodes with side information: pass the other camera's image as side")
         if shape is not None and side.shape != shape:
             raise ValueError(
-                f"{self.name}: side image y has shape {tuple(side.shape)}, x has {tuple(shape)}; "
+                f"{self.name}: side image has shape {tuple(side.shape)}, x has {tuple(shape)}; "
                 "they must match (rectify/crop/pad both the same way)"
             )
         return side
 
-    def check_inputs(self, x: Tensor, y: Tensor | None) -> None:
+    def check_inputs(self, x: Tensor, side: Tensor | None) -> None:
         self.check_image(x)
         if self.uses_side_info:
-            self.check_side(y, x.shape)
+            self.check_side(side, x.shape)
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> dict[str, Any]:
+    def forward(self, x: Tensor, side: Tensor | None = None) -> dict[str, Any]:
         raise NotImplementedError
 
     def rd_loss(self, out: dict[str, Any], x: Tensor, lmbda: float, distortion: Distortion) -> dict[str, Tensor]:
@@ -88,7 +88,7 @@ class CompressionModel(nn.Module):
         return {"loss": lmbda * 255**2 * dist + rate, "bpp": rate, "distortion": dist}
 
     def loss(
-        self, out: dict[str, Any], x: Tensor, y: Tensor | None, lmbda: float, distortion: Distortion
+        self, out: dict[str, Any], x: Tensor, side: Tensor | None, lmbda: float, distortion: Distortion
     ) -> dict[str, Tensor]:
         return self.rd_loss(out, x, lmbda, distortion)
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stereodsc.errors import ConfigError
-from stereodsc.models.balle import Balle2017
-from stereodsc.models.base import Distortion, bpp
+from stereodsc.models.balle import EDGE_CHANNELS, BalleModel
+from stereodsc.models.base import Distortion, bpp, check_choice
 
 # DSIN's fixed KITTI normalisation on the 0-255 scale (notes §1.1; std = sqrt of its variances).
 KITTI_MEAN = (93.7045, 98.2824, 94.8468)
@@ -50,17 +50,19 @@ def _gaussian_prior(n: int, size: int, positions: int, fwhm: float, device: torc
 @torch.no_grad()
 def si_finder(
     x_dec: Tensor,
-    y_dec: Tensor,
-    y: Tensor,
+    side_dec: Tensor,
+    side: Tensor,
     patch: Sequence[int] = (20, 24),
     gaussian_prior: bool = True,
     max_row_offset: int | None = None,
 ) -> Tensor:
-    """Build y_syn: for each non-overlapping patch of x_dec, the patch of y at the position where
-    y_dec correlates best (Pearson, colour-transformed standardised values; notes §1.3).
+    """DSIN's exhaustive SI-Finder: side_syn holds, for each non-overlapping patch of x_dec, the
+    patch of the side image at the position where side_dec correlates best (Pearson,
+    colour-transformed standardised values; notes §1.3). The reference search, kept for the paper
+    comparison; ``band_si_finder`` is the deployed one.
 
     Images are [B, 3, H, W] in [0, 1]. They are padded (replicate) to a multiple of the patch and
-    y_syn cropped back. ``gaussian_prior`` weights each score by a 2-D Gaussian of the offset from
+    side_syn cropped back. ``gaussian_prior`` weights each score by a 2-D Gaussian of the offset from
     the patch's own position (FWHM = half the image size). ``max_row_offset`` searches only window
     rows within that many rows of the patch's own (rectified pairs), which also skips the work.
     Scores: one grouped conv2d per row of patches (patches as filters), so memory holds one row's
@@ -70,14 +72,14 @@ def si_finder(
     b, _, h, w = x_dec.shape
     ph, pw = patch
     pad = (0, (-w) % pw, 0, (-h) % ph)
-    x_dec, y_dec, y = (F.pad(t, pad, mode="replicate") for t in (x_dec, y_dec, y))
+    x_dec, side_dec, side = (F.pad(t, pad, mode="replicate") for t in (x_dec, side_dec, side))
     hp, wp = x_dec.shape[-2:]
     nh, nw = hp // ph, wp // pw
     rows, cols = hp - ph + 1, wp - pw + 1  # window start positions
     n = 3 * ph * pw
 
     xs = _colour_transform(normalize(x_dec))
-    ys = _colour_transform(normalize(y_dec))
+    ys = _colour_transform(normalize(side_dec))
     patches = xs.reshape(b, 3, nh, ph, nw, pw).permute(0, 2, 4, 1, 3, 5).reshape(b, nh, nw, n)
     patches = patches - patches.mean(dim=-1, keepdim=True)
     patches = (patches / patches.norm(dim=-1, keepdim=True).clamp_min(1e-6)).reshape(b, nh, nw * 3, ph, pw)
@@ -102,17 +104,98 @@ def si_finder(
         best_r.append(lo + best // cols)
         best_c.append(best % cols)
     r0, c0 = torch.stack(best_r, dim=1), torch.stack(best_c, dim=1)  # [B, nh, nw]
-    # Gather each chosen ph x pw window of the original y and tile them back in x's patch order.
-    dr = torch.arange(ph, device=y.device).view(1, 1, ph, 1)
-    dc = torch.arange(pw, device=y.device).view(1, 1, 1, pw)
+    # Gather each chosen ph x pw window of the original side image, tiled back in x's patch order.
+    dr = torch.arange(ph, device=side.device).view(1, 1, ph, 1)
+    dc = torch.arange(pw, device=side.device).view(1, 1, 1, pw)
     index = (r0.view(b, -1, 1, 1) + dr) * wp + (c0.view(b, -1, 1, 1) + dc)  # [B, P, ph, pw]
-    picked = y.reshape(b, 3, hp * wp).gather(2, index.reshape(b, 1, -1).expand(b, 3, -1))
-    y_syn = picked.reshape(b, 3, nh, nw, ph, pw).permute(0, 1, 2, 4, 3, 5).reshape(b, 3, hp, wp)
-    return y_syn[..., :h, :w]
+    picked = side.reshape(b, 3, hp * wp).gather(2, index.reshape(b, 1, -1).expand(b, 3, -1))
+    side_syn = picked.reshape(b, 3, nh, nw, ph, pw).permute(0, 1, 2, 4, 3, 5).reshape(b, 3, hp, wp)
+    return side_syn[..., :h, :w]
+
+
+def band_offsets(max_rows: int, max_cols: int) -> list[tuple[int, int]]:
+    """Every (row, column) offset of the band, nearest first: argmax keeps the first of equal scores,
+    so a flat or ambiguous patch takes the smallest displacement."""
+    offsets = [(r, c) for r in range(-max_rows, max_rows + 1) for c in range(-max_cols, max_cols + 1)]
+    return sorted(offsets, key=lambda o: (abs(o[1]), abs(o[0]), o))
+
+
+def band_si_finder(
+    x_dec: Tensor,
+    side_dec: Tensor,
+    side: Tensor,
+    patch: Sequence[int] = (16, 32),
+    max_disparity: int = 96,
+    max_row_offset: int = 2,
+    match_scale: int = 2,
+) -> Tensor:
+    """DSIN's SI-Finder on a rectified pair: each patch of x_dec searches only its epipolar band.
+
+    For each non-overlapping ph x pw patch of x_dec, the window of side_dec whose Pearson
+    correlation with it is highest (= OpenCV's TM_CCOEFF_NORMED on DSIN's colour-transformed
+    standardised values) among the windows displaced by -max_row_offset..max_row_offset rows and
+    -max_disparity..max_disparity columns; side_syn gets the side image's pixels of that window
+    (rows/columns beyond the image repeat its edge). Both signs of disparity are searched: either
+    camera may be the reference, and training flips pairs. The match runs on images average-pooled
+    by ``match_scale`` (offsets in steps of match_scale pixels), so the band holds
+    (2 ceil(r / s) + 1) (2 ceil(D / s) + 1) offsets.
+
+    Cost: per offset a product, a channel sum and a patch sum over the pooled image, plus strided
+    reads of two box-filtered maps (window sums), i.e. ~6 (2R + 1)(2D + 1) H W / s^2 operations:
+    linear in the image size. The offsets are a Python loop of fixed length and every size is
+    symbolic, so the ONNX graph takes any H, W.
+    """
+    b, _, h, w = x_dec.shape
+    ph, pw = patch
+    s = match_scale
+    if ph % s or pw % s:
+        raise ConfigError(f"patch {ph}x{pw} must be a multiple of match_scale {s}")
+    pad = (0, (-w) % pw, 0, (-h) % ph)
+    x_dec, side_dec, side = (F.pad(t, pad, mode="replicate") for t in (x_dec, side_dec, side))
+    hp, wp = x_dec.shape[-2:]
+    nh, nw = hp // ph, wp // pw
+    qh, qw = ph // s, pw // s  # patch at the matching scale
+    rows, cols = math.ceil(max_row_offset / s), math.ceil(max_disparity / s)
+    xs, ss = _colour_transform(normalize(x_dec)), _colour_transform(normalize(side_dec))
+    if s > 1:
+        xs, ss = F.avg_pool2d(xs, s), F.avg_pool2d(ss, s)
+    n = 3 * qh * qw
+    # Centred, unit-norm x patches: Pearson = <x patch, window> / ||window - mean(window)||.
+    xv = xs.reshape(b, 3, nh, qh, nw, qw)
+    xv = xv - xv.mean(dim=(1, 3, 5), keepdim=True)
+    xv = xv / xv.square().sum(dim=(1, 3, 5), keepdim=True).sqrt().clamp_min(1e-6)
+    xn = xv.reshape(b, 3, nh * qh, nw * qw)
+    sp = F.pad(ss, (cols, cols, rows, rows), mode="replicate")
+    box1 = F.avg_pool2d(sp.sum(1, keepdim=True), (qh, qw), stride=1) * (qh * qw)
+    box2 = F.avg_pool2d(sp.square().sum(1, keepdim=True), (qh, qw), stride=1) * (qh * qw)
+    spread = (box2 - box1 * box1 / n).clamp_min(n * _FLAT).sqrt()  # window spread at every top-left
+    offsets = band_offsets(rows, cols)
+    scores = []
+    for dr, dc in offsets:
+        r0, c0 = rows + dr, cols + dc
+        window = sp[:, :, r0 : r0 + nh * qh, c0 : c0 + nw * qw]
+        dot = (xn * window).sum(1).reshape(b, nh, qh, nw, qw).sum(dim=(2, 4))
+        scores.append(dot / spread[:, 0, r0 : r0 + nh * qh : qh, c0 : c0 + nw * qw : qw])
+    best = torch.stack(scores, dim=1).argmax(dim=1)  # [B, nh, nw] index into offsets
+    table = torch.tensor(offsets, device=side.device) * s
+    dr_best, dc_best = table[best, 0], table[best, 1]
+    # Gather each chosen window of the side image (clamped at the border) in x's patch order.
+    r = torch.arange(nh, device=side.device).view(1, nh, 1, 1, 1) * ph + torch.arange(ph, device=side.device).view(
+        1, 1, 1, ph, 1
+    )
+    c = torch.arange(nw, device=side.device).view(1, 1, nw, 1, 1) * pw + torch.arange(pw, device=side.device).view(
+        1, 1, 1, 1, pw
+    )
+    r = (r + dr_best.view(b, nh, nw, 1, 1)).clamp(0, hp - 1)
+    c = (c + dc_best.view(b, nh, nw, 1, 1)).clamp(0, wp - 1)
+    index = (r * wp + c).reshape(b, 1, -1).expand(b, 3, -1)
+    picked = side.reshape(b, 3, hp * wp).gather(2, index)
+    side_syn = picked.reshape(b, 3, nh, nw, ph, pw).permute(0, 1, 2, 4, 3, 5).reshape(b, 3, hp, wp)
+    return side_syn[..., :h, :w]
 
 
 class SINet(nn.Module):
-    """Refines x_dec with y_syn: 9 dilated 3x3 convs (32 ch, LeakyReLU 0.2) + 1x1 conv to 3.
+    """Refines x_dec with side_syn: 9 dilated 3x3 convs (32 ch, LeakyReLU 0.2) + 1x1 conv to 3.
 
     Identity-initialised (centre tap 1 on the diagonal) as the reference, also the last 1x1, so at
     init the network passes normalised x_dec through (up to the LeakyReLU on negative values).
@@ -141,77 +224,135 @@ class SINet(nn.Module):
                 layer.weight[i, i, k, k] = 1.0
         return layer
 
-    def forward(self, x_dec: Tensor, y_syn: Tensor) -> Tensor:
-        return denormalize(self.net(torch.cat([normalize(x_dec), normalize(y_syn)], dim=1)))
+    def forward(self, x_dec: Tensor, side_syn: Tensor) -> Tensor:
+        return denormalize(self.net(torch.cat([normalize(x_dec), normalize(side_syn)], dim=1)))
 
 
-class DSIN(Balle2017):
-    """DSIN on a Ballé 2017 backbone: x_dec = g_s(q(g_a(x))); y_syn = SI-Finder(x_dec, y_dec, y)
-    with y_dec = the same autoencoder applied to y (rounded, no gradient); x_hat = SI-Net(x_dec, y_syn).
+SEARCHES = ("exhaustive", "band")
 
-    Loss: lmbda 255^2 [(1 - si_weight) D(x, x_dec) + si_weight D(x, x_hat)] + R, si_weight = 0.7.
+
+class DSIN(BalleModel):
+    """DSIN on a Ballé backbone: decode x, find matching side-image patches, refine.
+
+    Data flow (``backbone`` picks the prior of y, as the Ballé models)::
+
+        x ──g_a──> y ──Q──> y_hat ──g_s──> x_dec ─────────────────┐
+        side ──(g_s(Q(g_a(side))) if reencode_side)──> side_dec   │
+        (x_dec, side_dec, side) ──SI-Finder──> side_syn ──────SI-Net──> x_hat
+
+        likelihoods = {"y": p(y_hat) (, "z": p(z_hat))}
+
+    side_syn is made of side-image pixels: per patch of x_dec, the side window whose decoded
+    version (side_dec) correlates best with it. Loss: lmbda 255^2 [(1 - si_weight) D(x, x_dec) +
+    si_weight D(x, x_hat)] + R, si_weight = 0.7.
+
+    ``search``: "exhaustive" (the reference: every window of the image, with its Gaussian prior;
+    ~600 GMAC at KITTI's native size, so the host graph is exported per size) or "band"
+    (``band_si_finder``: rows +-max_row_offset, columns +-max_disparity, at 1/match_scale; linear
+    in the image, one graph for every size). ``reencode_side=False`` matches x_dec against the side
+    image itself: the right choice when the host's side image is already a decoded frame (it has
+    the codec's artefacts), and it saves a second full decode on the host.
 
     Deviations from the paper / reference (ayziksha/DSIN):
-    - Backbone: Ballé 2017 (4 x conv 5x5/2 + GDN, factorized prior) instead of Mentzer et al.'s
-      CVPR 2018 codec (importance map, 6 learned centres, 3-D context model), so that all our
-      models share one backbone and one entropy coder.
+    - Backbone: Ballé 2017 / 2018 (4-stage transforms, factorized or hyperprior) instead of
+      Mentzer et al.'s CVPR 2018 codec (importance map, 6 learned centres, 3-D context model), so
+      that all our models share one backbone and one entropy coder.
     - Rate control: the reference's beta * max(H - H_target, 0) hinge is replaced by the
       lambda-weighted rate used by every model here; equivalent to beta = 1 / (lmbda 255^2) on
       the rate with H_target = 0. The distortion is the trainer's (MSE or 1 - MS-SSIM), not MAE.
-    - Matched windows are cut from y with integer offsets (the reference's crop_and_resize with
-      normalised boxes resamples them slightly); images are padded (replicate) to a multiple of
-      the patch; near-flat windows get a floored variance (see ``si_finder``).
+    - Matched windows are cut from the side image with integer offsets (the reference's
+      crop_and_resize with normalised boxes resamples them slightly); images are padded
+      (replicate) to a multiple of the patch; near-flat windows get a floored variance.
     """
 
     name = "dsin"
+    prior_name = "balle2017"
     uses_side_info = True
 
     def __init__(
         self,
         N: int = 64,
         M: int = 96,
+        backbone: str = "balle2017",
+        encoder: str = "full",
+        edge_channels: Sequence[int] = EDGE_CHANNELS,
+        hyper_channels: int | None = None,
         patch: Sequence[int] = (20, 24),
+        search: str = "exhaustive",
         gaussian_prior: bool = True,
         max_row_offset: int | None = None,
+        max_disparity: int = 96,
+        match_scale: int = 2,
+        reencode_side: bool = True,
+        si_width: int = 32,
         si_weight: float = 0.7,
     ) -> None:
+        check_choice(self.name, "search", search, SEARCHES)
         patch = [int(p) for p in patch]
         if len(patch) != 2 or min(patch) < 1:
             raise ConfigError(f"{self.name}: patch={patch} must be [height, width] of positive integers")
         if max_row_offset is not None and max_row_offset < 0:
             raise ConfigError(f"{self.name}: max_row_offset={max_row_offset} must be >= 0 or None (no band)")
+        if search == "band":
+            if max_row_offset is None:
+                raise ConfigError(f"{self.name}: search='band' needs max_row_offset (rows searched above and below)")
+            if max_disparity < 0 or match_scale < 1 or patch[0] % match_scale or patch[1] % match_scale:
+                raise ConfigError(
+                    f"{self.name}: search='band' needs max_disparity >= 0 and a patch {patch} that is a multiple "
+                    f"of match_scale={match_scale} >= 1"
+                )
         super().__init__(
             N,
             M,
+            encoder,
+            edge_channels,
+            hyper_channels,
+            backbone=backbone,
             patch=patch,
+            search=search,
             gaussian_prior=gaussian_prior,
             max_row_offset=max_row_offset,
+            max_disparity=max_disparity,
+            match_scale=match_scale,
+            reencode_side=reencode_side,
+            si_width=si_width,
             si_weight=si_weight,
         )
         self.patch = (patch[0], patch[1])
+        self.search = search
         self.gaussian_prior = bool(gaussian_prior)
         self.max_row_offset = max_row_offset
+        self.max_disparity = int(max_disparity)
+        self.match_scale = int(match_scale)
+        self.reencode_side = bool(reencode_side)
         self.si_weight = float(si_weight)
-        self.si_net = SINet()
+        self.si_net = SINet(si_width)
 
-    def refine(self, x_dec: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """(x_hat, y_syn) from the decoded x and the original side image y."""
-        with torch.no_grad():
-            y_dec = self.g_s(torch.round(self.g_a(y)))
-            y_syn = si_finder(
-                x_dec.clamp(0, 1), y_dec.clamp(0, 1), y, self.patch, self.gaussian_prior, self.max_row_offset
+    def find(self, x_dec: Tensor, side_dec: Tensor, side: Tensor) -> Tensor:
+        """side_syn by the configured SI-Finder search."""
+        if self.search == "band":
+            assert self.max_row_offset is not None
+            return band_si_finder(
+                x_dec, side_dec, side, self.patch, self.max_disparity, self.max_row_offset, self.match_scale
             )
-        return self.si_net(x_dec, y_syn), y_syn
+        return si_finder(x_dec, side_dec, side, self.patch, self.gaussian_prior, self.max_row_offset)
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> dict[str, Any]:
-        self.check_inputs(x, y)
-        assert y is not None
+    def refine(self, x_dec: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
+        """(x_hat, side_syn) from the decoded x and the side image."""
+        with torch.no_grad():
+            side_dec = self.g_s(torch.round(self.g_a(side))) if self.reencode_side else side
+            side_syn = self.find(x_dec.clamp(0, 1), side_dec.clamp(0, 1), side)
+        return self.si_net(x_dec, side_syn), side_syn
+
+    def forward(self, x: Tensor, side: Tensor | None = None) -> dict[str, Any]:
+        self.check_inputs(x, side)
+        assert side is not None
         x_dec, likelihoods = self.code(x)
-        x_hat, y_syn = self.refine(x_dec, y)
-        return {"x_hat": x_hat, "likelihoods": likelihoods, "x_dec": x_dec, "y_syn": y_syn}
+        x_hat, side_syn = self.refine(x_dec, side)
+        return {"x_hat": x_hat, "likelihoods": likelihoods, "x_dec": x_dec, "side_syn": side_syn}
 
     def loss(
-        self, out: dict[str, Any], x: Tensor, y: Tensor | None, lmbda: float, distortion: Distortion
+        self, out: dict[str, Any], x: Tensor, side: Tensor | None, lmbda: float, distortion: Distortion
     ) -> dict[str, Tensor]:
         rate = bpp(out["likelihoods"].values(), x)
         d_hat, d_dec = distortion(out["x_hat"], x), distortion(out["x_dec"], x)

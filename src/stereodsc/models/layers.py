@@ -96,9 +96,52 @@ def deconv(in_ch: int, out_ch: int, kernel: int = 5, stride: int = 2) -> nn.Conv
     return nn.ConvTranspose2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, output_padding=stride - 1)
 
 
+def depthwise(channels: int, kernel: int = 5, stride: int = 2) -> nn.Conv2d:
+    """Per-channel spatial conv (groups = channels): the cheap half of a depthwise-separable stage."""
+    return nn.Conv2d(channels, channels, kernel, stride=stride, padding=kernel // 2, groups=channels)
+
+
 def analysis_transform(N: int, M: int, in_ch: int = 3) -> nn.Sequential:
     """4 x (conv 5x5 stride 2), GDN between: the encoder of Ballé 2018 and of NDIC's three encoders."""
     return nn.Sequential(conv(in_ch, N), GDN(N), conv(N, N), GDN(N), conv(N, N), GDN(N), conv(N, M))
+
+
+ENCODERS = ("full", "minimal")
+
+
+def minimal_analysis_transform(M: int, edge_channels: Sequence[int], in_ch: int = 3) -> nn.Sequential:
+    """The camera board's encoder: one dense 5x5/2 conv, then three depthwise-separable 5x5/2 stages.
+
+    Same stride (16) and GDN placement as ``analysis_transform``, but the full-resolution stage has
+    few channels and the later stages mix space per channel (depthwise 5x5) and channels per pixel
+    (1x1): about 0.7 GMAC per 375x1242 frame with (32, 64, 64) and M = 128, against 5.3 GMAC for
+    ``analysis_transform(64, 96)``. The decoder (host) keeps its full width: distributed coding is
+    meant to move work from the encoder to the decoder. Flat ``nn.Sequential``, last layer a conv.
+    """
+    if len(edge_channels) != 3 or min(edge_channels) < 1:
+        raise ValueError(f"minimal encoder needs 3 positive stage widths, got {list(edge_channels)}")
+    e1, e2, e3 = (int(c) for c in edge_channels)
+    return nn.Sequential(
+        conv(in_ch, e1),
+        GDN(e1),
+        depthwise(e1),
+        conv(e1, e2, 1, 1),
+        GDN(e2),
+        depthwise(e2),
+        conv(e2, e3, 1, 1),
+        GDN(e3),
+        depthwise(e3),
+        conv(e3, M, 1, 1),
+    )
+
+
+def encoder_transform(encoder: str, N: int, M: int, edge_channels: Sequence[int]) -> nn.Sequential:
+    """The transmitted latent's analysis transform g_a: "full" (Ballé's, width N) or "minimal"."""
+    if encoder == "minimal":
+        return minimal_analysis_transform(M, edge_channels)
+    if encoder == "full":
+        return analysis_transform(N, M)
+    raise ValueError(f"unknown encoder {encoder!r}; choose one of {list(ENCODERS)}")
 
 
 def synthesis_transform(in_channels: Sequence[int], N: int, out_ch: int = 3) -> nn.Sequential:

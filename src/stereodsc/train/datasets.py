@@ -2,7 +2,7 @@
 plain folders, the bundled sample), how they are paired (stereo or time-shifted "general"), and how
 they are preprocessed and augmented for training.
 
-A pair is (x, y): x is the image the encoder sees, y the decoder's side information. Pairing and
+A pair is (x, side): x is the image the encoder sees, side the decoder's side information. Pairing and
 augmentation are pure functions of (seed, step) so a resumed run sees exactly the same data.
 """
 
@@ -26,10 +26,10 @@ DATASET_KINDS = ("kitti_raw", "kitti_list", "cityscapes", "folder", "sample")
 
 @dataclass(frozen=True)
 class Pair:
-    """One training example: x is encoded, y is the decoder's side information."""
+    """One training example: x is encoded, side is the decoder's side information."""
 
     x: Path
-    y: Path
+    side: Path
     frame: int  # time index of x within its sequence (used for train/validation splits)
 
 
@@ -84,12 +84,12 @@ def cityscapes_sequence(root: Path, split: str) -> StereoSequence:
 
 
 def kitti_list_pairs(list_file: Path, root: Path) -> list[Pair]:
-    """The reference repos' split lists: relative paths, two consecutive lines form an (x, y) pair."""
+    """The reference repos' split lists: relative paths, two consecutive lines form an (x, side) pair."""
     if not list_file.is_file():
         raise DataError(f"split list not found: {list_file}")
     lines = [ln.strip() for ln in list_file.read_text().splitlines() if ln.strip()]
     if len(lines) % 2:
-        raise DataError(f"{list_file}: odd number of lines ({len(lines)}); lines must come in (x, y) pairs")
+        raise DataError(f"{list_file}: odd number of lines ({len(lines)}); lines must come in (x, side) pairs")
     return [Pair(root / lines[i], root / lines[i + 1], i // 2) for i in range(0, len(lines), 2)]
 
 
@@ -102,9 +102,9 @@ def make_pairs(
 ) -> list[Pair]:
     """Pair frames of a sequence.
 
-    "stereo": x = left[t], y = right[t] (synchronised, calibrated: KITTI Stereo).
-    "general": x = left[t], y = right[t+k] for 1 <= |k| <= max_shift (unsynchronised: KITTI General).
-    both_directions adds the mirrored pairs (x from the right camera, y from the left).
+    "stereo": x = left[t], side = right[t] (synchronised, calibrated: KITTI Stereo).
+    "general": x = left[t], side = right[t+k] for 1 <= |k| <= max_shift (unsynchronised: KITTI General).
+    both_directions adds the mirrored pairs (x from the right camera, side from the left).
     """
     if pairing not in ("stereo", "general"):
         raise DataError(f"unknown pairing {pairing!r}: use 'stereo' or 'general'")
@@ -123,27 +123,27 @@ def make_pairs(
 
 @dataclass(frozen=True)
 class Augment:
-    """Training augmentation: random crop (same place in x and y), joint flip, view swap."""
+    """Training augmentation: random crop (same place in x and side), joint flip, view swap."""
 
     crop: tuple[int, int] | None = None
     flip: bool = True
     swap: bool = True
 
-    def __call__(self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, x: np.ndarray, side: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         if self.crop is not None:
             ch, cw = self.crop
             h, w = x.shape[:2]
-            if y.shape != x.shape:
-                raise DataError(f"x and y differ in size ({x.shape} vs {y.shape}); cannot crop jointly")
+            if side.shape != x.shape:
+                raise DataError(f"x and side differ in size ({x.shape} vs {side.shape}); cannot crop jointly")
             if ch > h or cw > w:
                 raise DataError(f"crop {ch}x{cw} is larger than the images ({h}x{w}); lower data.crop")
             top, left = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
-            x, y = x[top : top + ch, left : left + cw], y[top : top + ch, left : left + cw]
+            x, side = x[top : top + ch, left : left + cw], side[top : top + ch, left : left + cw]
         if self.flip and rng.random() < 0.5:
-            x, y = x[:, ::-1], y[:, ::-1]
+            x, side = x[:, ::-1], side[:, ::-1]
         if self.swap and rng.random() < 0.5:
-            x, y = y, x
-        return np.ascontiguousarray(x), np.ascontiguousarray(y)
+            x, side = side, x
+        return np.ascontiguousarray(x), np.ascontiguousarray(side)
 
 
 class ImageCache:
@@ -166,7 +166,7 @@ class ImageCache:
 
 
 class PairDataset:
-    """Indexable pairs -> (x, y) uint8 arrays; augmentation is drawn from an explicit generator."""
+    """Indexable pairs -> (x, side) uint8 arrays; augmentation is drawn from an explicit generator."""
 
     def __init__(self, pairs: list[Pair], cache: ImageCache, augment: Augment | None = None) -> None:
         if not pairs:
@@ -180,7 +180,7 @@ class PairDataset:
 
     def get(self, i: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
         pair = self.pairs[i]
-        x, y = self.cache(pair.x), self.cache(pair.y)
+        x, side = self.cache(pair.x), self.cache(pair.side)
         if self.augment is not None and rng is not None:
-            x, y = self.augment(x, y, rng)
-        return x, y
+            x, side = self.augment(x, side, rng)
+        return x, side

@@ -223,14 +223,14 @@ class Trainer:
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.train.seed, step])
         idx = rng.integers(len(self.train_set), size=self.cfg.train.batch_size)
-        xs, ys = zip(*(self.train_set.get(int(i), rng) for i in idx), strict=True)
-        return to_tensor(list(xs)), to_tensor(list(ys))
+        xs, sides = zip(*(self.train_set.get(int(i), rng) for i in idx), strict=True)
+        return to_tensor(list(xs)), to_tensor(list(sides))
 
     def train_step(self, step: int) -> dict[str, float]:
         self.model.train()
-        x, y = self.batch(step)
-        out = self.model(x, y)
-        terms = self.model.loss(out, x, y, self.cfg.train.lmbda, self.distortion)
+        x, side = self.batch(step)
+        out = self.model(x, side)
+        terms = self.model.loss(out, x, side, self.cfg.train.lmbda, self.distortion)
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
         self.optimizer.step()
@@ -252,16 +252,16 @@ class Trainer:
         self.model.eval()
         sums = {"loss": 0.0, "rd_loss": 0.0, "bpp": 0.0, "psnr": 0.0, "ms_ssim": 0.0}
         for i in range(len(self.val_set)):
-            xi, yi = self.val_set.get(i)
-            x, y = to_tensor([xi]), to_tensor([yi])
+            xi, side_i = self.val_set.get(i)
+            x, side = to_tensor([xi]), to_tensor([side_i])
             h, w = x.shape[-2:]
-            xp, yp = pad_to(x, self.model.stride), pad_to(y, self.model.stride)
-            out = self.model(xp, yp)
-            terms = self.model.loss(out, xp, yp, self.cfg.train.lmbda, self.distortion)
+            xp, side_p = pad_to(x, self.model.stride), pad_to(side, self.model.stride)
+            out = self.model(xp, side_p)
+            terms = self.model.loss(out, xp, side_p, self.cfg.train.lmbda, self.distortion)
             x_hat = out["x_hat"][..., :h, :w].clamp(0, 1)
             sums["loss"] += terms["loss"].item()
             # The objective every model shares (rate of x + its distortion), comparable across models;
-            # "loss" also holds model-specific terms (NDIC's y-branch and common-information rates).
+            # "loss" also holds model-specific terms (NDIC's side-branch and common-information rates).
             sums["rd_loss"] += self.cfg.train.lmbda * 255**2 * terms["distortion"].item() + terms["bpp"].item()
             sums["bpp"] += bits(out["likelihoods"].values()).item() / (h * w)
             sums["psnr"] += psnr(x_hat, x)

@@ -23,17 +23,20 @@ class ModelSection:
 class DataSection:
     kind: str = "sample"
     path: str = ""
-    pairing: str = "stereo"  # "stereo", "general" (x_t with y_t±k) or "both"
+    pairing: str = "stereo"  # "stereo", "general" (x_t with side_t±k) or "both"
     max_shift: int = 3
     both_directions: bool = True
     protocol: str = "paper"  # "paper": centre crop + 128x256; "native": full frames (use crop)
-    crop: list[int] | None = None  # [height, width] random training crop, same place in x and y
+    crop: list[int] | None = None  # [height, width] random training crop, same place in x and side
     flip: bool = True
     swap: bool = True
     val_frames: int = 20  # the last frames of a sequence, held out (kitti_raw, folder, sample)
     val_list: str = ""  # kitti_list: the validation split list
     root: str = ""  # kitti_list: folder the list's relative paths start from
     split: str = "train"  # cityscapes split used for training ("val" is used for validation)
+    # Side image as the host has it: intra-codec checkpoints (no side information) that decode the
+    # reference view; each draw picks one (a mix of qualities). Empty: the original image.
+    side_codec: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -53,6 +56,9 @@ class TrainSection:
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     out: str = "runs/run"
     init_from: str = ""  # warm start: load model weights from this checkpoint (e.g. a higher-rate point)
+    # Compact checkpoint kept in the repository (weights, step, schedule; no optimiser moments), written
+    # with every checkpoint: --resume continues from it on a fresh clone where `out` holds nothing yet.
+    keep: str = ""
 
 
 @dataclass
@@ -106,6 +112,17 @@ def validate(cfg: TrainConfig) -> None:
                 f"{src}: [data] path = {d.path!r} does not exist; point it at the dataset "
                 f"(e.g. a KITTI raw drive folder holding image_02/ and image_03/)"
             )
+    for path in d.side_codec:
+        if not Path(path).is_file():
+            raise ConfigError(
+                f"{src}: [data] side_codec {path!r} does not exist; train the intra codec first "
+                "(see the Makefile's weights rules) or list existing intra checkpoints"
+            )
+    if d.side_codec and d.swap:
+        raise ConfigError(
+            f"{src}: [data] side_codec needs swap = false (a decoded side image cannot become x); "
+            "both_directions pairs give both directions"
+        )
     if d.kind == "kitti_list" and not d.val_list:
         raise ConfigError(f"{src}: [data] val_list is required for kind = 'kitti_list'")
     if d.pairing not in ("stereo", "general", "both"):

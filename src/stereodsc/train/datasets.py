@@ -1,6 +1,6 @@
 """Stereo pair datasets: where pairs come from (KITTI raw drives, KITTI split lists, Cityscapes,
-plain folders, the bundled sample), how they are paired (stereo or time-shifted "general"), and how
-they are preprocessed and augmented for training.
+plain folders, the bundled sample, the native-scale mix of ../shared/data), how they are paired
+(stereo or time-shifted "general"), and how they are preprocessed and augmented for training.
 
 A pair is (x, side): x is the image the encoder sees, side the decoder's side information. Pairing and
 augmentation are pure functions of (seed, step) so a resumed run sees exactly the same data.
@@ -9,7 +9,7 @@ augmentation are pure functions of (seed, step) so a resumed run sees exactly th
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from stereodsc.images import image_files, read_rgb
 
 log = logging.getLogger(__name__)
 
-DATASET_KINDS = ("kitti_raw", "kitti_list", "cityscapes", "folder", "sample")
+DATASET_KINDS = ("kitti_raw", "kitti_list", "cityscapes", "folder", "sample", "native_mix")
 
 
 @dataclass(frozen=True)
@@ -121,6 +121,78 @@ def make_pairs(
     return pairs
 
 
+# ---- the native-scale mix of ../shared/data ------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MixSource:
+    """One data set of the native mix: its folder, its share of the training draws, what is held out."""
+
+    folder: str
+    weight: float
+    held_out: tuple[str, ...]  # pair names (folder sets) or frame names (the drive) never trained on
+
+
+KITTI_DRIVE = "kitti_raw_2011_09_26_drive_0001"
+DRIVE_HELD_OUT = 20  # the drive's last 20 frames: neighbouring frames are near copies, so a block
+# The fixed held-out split (also the validation set); written down in the model card.
+MIX_SOURCES = {
+    "kitti_drive": MixSource(KITTI_DRIVE, 0.4, ()),
+    "kitti_odometry": MixSource(
+        "kitti_odometry_mini",
+        0.3,
+        ("seq09_000000", "seq09_000004", "seq09_000008", "seq10_000000", "seq10_000004", "seq10_000008"),
+    ),
+    "middlebury": MixSource("middlebury2014_trainingQ", 0.2, ("Playroom", "Vintage")),
+    "sid": MixSource("sid_mini", 0.1, ("City_Rain_Day_013",)),
+}
+
+
+def _named_pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
+    """`<name>_L` / `<name>_R` pairs of a folder by name."""
+    seq = folder_sequence(folder)
+    return {left.stem[:-2]: (left, right) for left, right in zip(seq.left, seq.right, strict=True)}
+
+
+def native_mix_pairs(root: Path) -> tuple[list[Pair], list[float], list[Pair]]:
+    """(training pairs, their draw weights, held-out pairs) of every data set under ``root``.
+
+    Training: both directions of every pair not held out (x = left with side = right, and the
+    mirror). Each source gets its ``weight`` of the draws, split evenly over its pairs, so the
+    drive's 88 frames do not drown the other cameras. Held out (validation, never trained on): the
+    drive's last 20 frames, odometry sequences 09 and 10, Middlebury Playroom and Vintage, SID
+    City_Rain_Day_013, each as x = right, side = left (the dependent camera is the right one).
+    """
+    missing = [s.folder for s in MIX_SOURCES.values() if not (root / s.folder).is_dir()]
+    if missing:
+        raise DataError(f"native_mix needs {', '.join(missing)} under {root}: point [data] path at ../shared/data")
+    train: list[Pair] = []
+    weights: list[float] = []
+    val: list[Pair] = []
+    for key, source in MIX_SOURCES.items():
+        folder = root / source.folder
+        if key == "kitti_drive":
+            seq = kitti_raw_sequence(folder)
+            n = len(seq.left)
+            pairs = {seq.left[t].stem: (seq.left[t], seq.right[t]) for t in range(n)}
+            held = {seq.left[t].stem for t in range(n - DRIVE_HELD_OUT, n)}
+        else:
+            pairs, held = _named_pairs(folder), set(source.held_out)
+            unknown = held - set(pairs)
+            if unknown:
+                raise DataError(f"{folder}: held-out pairs {sorted(unknown)} are missing; the split needs them")
+        names = sorted(pairs)
+        kept = [name for name in names if name not in held]
+        for i, name in enumerate(names):
+            left, right = pairs[name]
+            if name in held:
+                val.append(Pair(right, left, i))
+            else:
+                train += [Pair(left, right, i), Pair(right, left, i)]
+                weights += [source.weight / (2 * len(kept))] * 2
+    return train, weights, val
+
+
 @dataclass(frozen=True)
 class Augment:
     """Training augmentation: random crop (same place in x and side), joint flip, view swap."""
@@ -165,22 +237,52 @@ class ImageCache:
         return img
 
 
-class PairDataset:
-    """Indexable pairs -> (x, side) uint8 arrays; augmentation is drawn from an explicit generator."""
+SideSource = Callable[[Path, int], np.ndarray]
+"""(side image path, draw) -> the side image the decoder gets, e.g. as an intra codec decoded it."""
 
-    def __init__(self, pairs: list[Pair], cache: ImageCache, augment: Augment | None = None) -> None:
+
+class PairDataset:
+    """Indexable pairs -> (x, side) uint8 arrays; augmentation is drawn from an explicit generator.
+
+    ``weights``: each pair's probability of being drawn in training (None: uniform).
+    ``side``: where side images come from (None: the original image files, via the cache); the
+    draw passed to it is random in training and the pair's index in validation.
+    """
+
+    def __init__(
+        self,
+        pairs: list[Pair],
+        cache: ImageCache,
+        augment: Augment | None = None,
+        weights: Sequence[float] | None = None,
+        side: SideSource | None = None,
+    ) -> None:
         if not pairs:
             raise DataError("no pairs: check the dataset path and the validation split")
+        if weights is not None and len(weights) != len(pairs):
+            raise DataError(f"{len(weights)} weights for {len(pairs)} pairs")
         self.pairs = pairs
         self.cache = cache
         self.augment = augment
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float64) / float(np.sum(weights))
+        self.side = side
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def draw(self, rng: np.random.Generator, n: int) -> np.ndarray:
+        """Indexes of n training pairs (by ``weights``)."""
+        if self.weights is None:
+            return rng.integers(len(self.pairs), size=n)
+        return rng.choice(len(self.pairs), size=n, p=self.weights)
+
     def get(self, i: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
         pair = self.pairs[i]
-        x, side = self.cache(pair.x), self.cache(pair.side)
+        x = self.cache(pair.x)
+        if self.side is None:
+            side = self.cache(pair.side)
+        else:
+            side = self.side(pair.side, int(rng.integers(1 << 30)) if rng is not None else i)
         if self.augment is not None and rng is not None:
             x, side = self.augment(x, side, rng)
         return x, side

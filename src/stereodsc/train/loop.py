@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from stereodsc.errors import CheckpointError, ConfigError, TrainingDivergedError
 from stereodsc.eval.metrics import ms_ssim_min_side
-from stereodsc.models.base import bits
+from stereodsc.models.base import CompressionModel, bits
 from stereodsc.sample import drive_path
 
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -37,6 +37,7 @@ from .datasets import (
     kitti_list_pairs,
     kitti_raw_sequence,
     make_pairs,
+    native_mix_pairs,
 )
 from .losses import distortion_fn, ms_ssim, psnr
 
@@ -61,6 +62,9 @@ def _sequence_pairs(seq: StereoSequence, cfg: TrainConfig) -> tuple[list[Pair], 
 def build_pairs(cfg: TrainConfig) -> tuple[list[Pair], list[Pair]]:
     """Training and validation pairs for the configured dataset; validation is held out."""
     d = cfg.data
+    if d.kind == "native_mix":
+        train, _, val = native_mix_pairs(Path(d.path))
+        return train, val
     if d.kind == "kitti_list":
         root = Path(d.root or Path(d.path).parent)
         return kitti_list_pairs(Path(d.path), root), kitti_list_pairs(Path(d.val_list), root)
@@ -85,6 +89,44 @@ def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
     return F.pad(x, (0, pw, 0, ph), mode="replicate") if ph or pw else x
+
+
+@torch.no_grad()
+def decode_image(model: CompressionModel, image: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 -> the same image coded and decoded by an intra model (padded, cropped back)."""
+    x = to_tensor([image])
+    h, w = x.shape[-2:]
+    x_hat = model(pad_to(x, model.stride))["x_hat"][..., :h, :w]
+    return x_hat.clamp(0, 1).mul(255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+
+
+class DecodedSides:
+    """Side images as the host has them: the reference view decoded by frozen intra codecs.
+
+    Each draw picks one of the codecs (a mix of qualities when several are given); a frame is
+    decoded whole once per codec and kept, and the training crop is then cut from it, as the host
+    would cut it from its decoded frame.
+    """
+
+    def __init__(self, checkpoints: list[str], cache: ImageCache) -> None:
+        from .checkpoint import model_from_checkpoint
+
+        self.models: list[CompressionModel] = []
+        for path in checkpoints:
+            model, _ = model_from_checkpoint(path)
+            assert isinstance(model, CompressionModel)
+            if model.uses_side_info:
+                raise ConfigError(f"side_codec {path} is a side-information model; list intra (no-SI) checkpoints")
+            model.requires_grad_(False)
+            self.models.append(model)
+        self.cache = cache
+        self._decoded: dict[tuple[int, Path], np.ndarray] = {}
+
+    def __call__(self, path: Path, draw: int) -> np.ndarray:
+        key = (draw % len(self.models), path)
+        if key not in self._decoded:
+            self._decoded[key] = decode_image(self.models[key[0]], self.cache(path))
+        return self._decoded[key]
 
 
 def _grew_channels(old: torch.Size, new: torch.Size) -> bool:
@@ -122,11 +164,16 @@ class Trainer:
             self.optimizer, mode="min", factor=0.1, patience=t.lr_patience, min_lr=t.lr_min
         )
         self.distortion = distortion_fn(t.distortion)
-        train_pairs, val_pairs = build_pairs(self.cfg)
+        weights: list[float] | None = None
+        if d.kind == "native_mix":
+            train_pairs, weights, val_pairs = native_mix_pairs(Path(d.path))
+        else:
+            train_pairs, val_pairs = build_pairs(self.cfg)
         cache = ImageCache(d.protocol)
+        sides = DecodedSides(d.side_codec, cache) if d.side_codec else None
         crop = (d.crop[0], d.crop[1]) if d.crop else None
-        self.train_set = PairDataset(train_pairs, cache, Augment(crop, d.flip, d.swap))
-        self.val_set = PairDataset(val_pairs[: t.max_val_pairs], cache)
+        self.train_set = PairDataset(train_pairs, cache, Augment(crop, d.flip, d.swap), weights, sides)
+        self.val_set = PairDataset(val_pairs[: t.max_val_pairs], cache, side=sides)
         self.step = 0
         self.cpu_seconds = 0.0
         self.best_val = math.inf
@@ -153,27 +200,57 @@ class Trainer:
             "rng": rng_state(),
         }
 
-    def save(self, path: Path | None = None) -> None:
-        save_checkpoint(path or self.latest_path, self.state())
+    @property
+    def keep_path(self) -> Path | None:
+        """The compact checkpoint kept in the repository ([train] keep), if the config names one."""
+        return Path(self.cfg.train.keep) if self.cfg.train.keep else None
 
-    def resume(self) -> bool:
-        """Continue from the run's latest checkpoint; False when there is none yet."""
-        if not self.latest_path.is_file():
-            return False
-        ckpt = load_checkpoint(self.latest_path)
+    def compact_state(self) -> dict[str, Any]:
+        """What a fresh clone needs to continue: the state without the optimisers' moments (which
+        would triple the size), plus the learning rate the schedule had reached."""
+        state = self.state()
+        del state["optimizer"], state["aux_optimizer"]
+        return {**state, "lr": self.optimizer.param_groups[0]["lr"]}
+
+    def save(self, path: Path | None = None) -> None:
+        """Write `path`, or the run's latest checkpoint and (with [train] keep) its compact copy."""
+        if path is not None:
+            save_checkpoint(path, self.state())
+            return
+        save_checkpoint(self.latest_path, self.state())
+        if self.keep_path is not None:
+            save_checkpoint(self.keep_path, self.compact_state())
+
+    def _load(self, path: Path) -> dict[str, Any]:
+        ckpt = load_checkpoint(path)
         if ckpt["model_config"] != self.model.config:
             raise CheckpointError(
-                f"{self.latest_path} holds {ckpt['model_config']}, the config asks for "
-                f"{self.model.config}; use another [train] out folder or the original config"
+                f"{path} holds {ckpt['model_config']}, the config asks for "
+                f"{self.model.config}; use another [train] out / keep or the original config"
             )
         self.model.load_state_dict(ckpt["model_state"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         self.step, self.cpu_seconds = ckpt["step"], ckpt["cpu_seconds"]
         self.best_val, self.metrics = ckpt["best_val"], ckpt["metrics"]
-        return True
+        return ckpt
+
+    def resume(self) -> bool:
+        """Continue from the run's latest checkpoint (exactly), else from its kept compact checkpoint
+        (same weights, step and schedule; the optimisers restart their moments at the reached
+        learning rate); False when there is neither."""
+        if self.latest_path.is_file():
+            ckpt = self._load(self.latest_path)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
+            return True
+        if self.keep_path is not None and self.keep_path.is_file():
+            ckpt = self._load(self.keep_path)
+            for group in self.optimizer.param_groups:
+                group["lr"] = ckpt["lr"]
+            log.info("resumed from the kept %s at step %d (fresh optimiser moments)", self.keep_path, self.step)
+            return True
+        return False
 
     def warm_start(self, path: str) -> None:
         """Start from another run's weights, with fresh optimisers.
@@ -222,7 +299,7 @@ class Trainer:
     # ---- training ----------------------------------------------------------------------------
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([self.cfg.train.seed, step])
-        idx = rng.integers(len(self.train_set), size=self.cfg.train.batch_size)
+        idx = self.train_set.draw(rng, self.cfg.train.batch_size)
         xs, sides = zip(*(self.train_set.get(int(i), rng) for i in idx), strict=True)
         return to_tensor(list(xs)), to_tensor(list(sides))
 
@@ -347,10 +424,11 @@ def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_af
     """Train (or continue) the run `cfg` describes and return the trainer."""
     trainer = Trainer(cfg, progress=progress)
     if not (resume and trainer.resume()):
-        if trainer.latest_path.exists():
-            raise CheckpointError(
-                f"{trainer.latest_path} exists: pass --resume to continue it, or choose another [train] out folder"
-            )
+        for existing in (trainer.latest_path, trainer.keep_path):
+            if existing is not None and existing.exists():
+                raise CheckpointError(
+                    f"{existing} exists: pass --resume to continue it, or choose another [train] out / keep"
+                )
         if resume:
             log.info("no checkpoint in %s yet: starting from step 0", trainer.out_dir)
         if cfg.train.init_from:

@@ -25,11 +25,11 @@ import numpy as np
 from machine import machine_info
 from stereodsc.bundle import load_bundle
 from stereodsc.bundles import shipped_bundles
-from stereodsc.edge_encoder.encoder import EdgeEncoder
+from stereodsc.codec.decoder import HostDecoder
+from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.errors import StereoDSCError
 from stereodsc.eval.preprocess import paper_protocol
-from stereodsc.host_decoder.decoder import HostDecoder
 from stereodsc.images import read_rgb
 from stereodsc.sample import drive_path
 

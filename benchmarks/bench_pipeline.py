@@ -59,16 +59,17 @@ from typing import Any
 
 import numpy as np
 
-import stereodsc.edge_encoder.encoder as encoder_module
-import stereodsc.host_decoder.decoder as decoder_module
+import stereodsc.codec.decoder as decoder_module
+import stereodsc.codec.encoder as encoder_module
 from machine import cpu_model
 from stereodsc import entropy
 from stereodsc.bundle import Bundle, load_bundle
-from stereodsc.edge_encoder.encoder import EdgeEncoder, Encoded
+from stereodsc.codec.decoder import Decoded, HostDecoder
+from stereodsc.codec.encoder import EdgeEncoder, Encoded
+from stereodsc.codec.geometry import padded_size
 from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.errors import StereoDSCError
 from stereodsc.eval.preprocess import paper_protocol
-from stereodsc.host_decoder.decoder import Decoded, HostDecoder
 from stereodsc.host_decoder.service import HostConfig, HostSection, HostService, SinkSection
 from stereodsc.images import read_rgb, write_rgb
 from stereodsc.pipeline import free_port, run_pipeline
@@ -367,7 +368,7 @@ def bench_service(bundle: Bundle, refs: list[bytes], deps: list[bytes], warmup: 
         host=HostSection(endpoint=f"tcp://127.0.0.1:{free_port()}", bundle=str(bundle.path)),
         sinks=SinkSection(frame_log=str(log)),
     )
-    service = HostService(cfg)
+    service = HostService.from_config(cfg)
     timer = DecodeTimer(service.decoders[bundle.id_bytes])
     service.decoders[bundle.id_bytes] = timer  # type: ignore[assignment]
     n = len(refs)
@@ -687,7 +688,7 @@ def run_size(
     lefts = [a for a, _ in work.pairs]
     rights = [b for _, b in work.pairs]
     codec = bundle.codec("intra")
-    ph, pw = codec.padded_size(*work.shape)
+    ph, pw = padded_size(work.shape, codec.stride)
     out: dict[str, Any] = {
         "size": work.name,
         "padded": f"{ph}x{pw}",

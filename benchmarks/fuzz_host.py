@@ -31,10 +31,10 @@ import numpy as np
 from machine import cpu_model
 from stereodsc.bundle import load_bundle
 from stereodsc.bundles import default_bundle
-from stereodsc.edge_encoder.encoder import EdgeEncoder
+from stereodsc.codec.decoder import HostDecoder
+from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.errors import BitstreamError
-from stereodsc.host_decoder.decoder import HostDecoder
 from stereodsc.images import read_rgb
 from stereodsc.sample import drive_path
 from stereodsc.wire import MAGIC, MAX_DIM, MAX_ID, Frame, Role, unpack

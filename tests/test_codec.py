@@ -14,12 +14,13 @@ import pytest
 import torch
 
 from stereodsc.bundle import Bundle, load_bundle
-from stereodsc.edge_encoder.encoder import EdgeEncoder, encode_file
+from stereodsc.cli import main
+from stereodsc.codec.decoder import HostDecoder, SideImageError, UndecodableFrameError
+from stereodsc.codec.encoder import EdgeEncoder
+from stereodsc.codec.geometry import pad
 from stereodsc.entropy import ideal_bits
 from stereodsc.errors import BitstreamError, ConfigError, DataError
-from stereodsc.eval.preprocess import pad_to_multiple
 from stereodsc.export.graphs import round_weights_to_half, to_float, to_uint8
-from stereodsc.host_decoder.decoder import HostDecoder, SideImageError, UndecodableFrameError, decode_file
 from stereodsc.images import read_rgb, write_rgb
 from stereodsc.models.base import CompressionModel, bits
 from stereodsc.train.checkpoint import model_from_checkpoint
@@ -81,8 +82,8 @@ def test_every_model_and_quality_roundtrips_exactly(
     assert list(encoded.latents) == [lat.name for lat in codec.latents] and encoded.segments == frame.segments
 
     with torch.no_grad():
-        xt = to_float(torch.from_numpy(pad_to_multiple(x, codec.stride)[0])[None])
-        yt = to_float(torch.from_numpy(pad_to_multiple(side, codec.stride)[0])[None]) if uses_side else None
+        xt = to_float(torch.from_numpy(pad(x, codec.stride))[None])
+        yt = to_float(torch.from_numpy(pad(side, codec.stride))[None]) if uses_side else None
         reference = model.analysis(xt)
         for name, coded in encoded.latents.items():  # y, and a hyperprior's z: the model's symbols
             assert_symbols_agree(coded, reference[name][0].to(torch.int32).numpy(), name)
@@ -123,7 +124,7 @@ def test_frames_from_another_bundle_are_refused(stereo: Bundle, tmp_path_factory
     encoder = EdgeEncoder(other, "side_info", 0)
     x, side = sample_pair()
     frame = encoder.frame(encoder.encode(x), rig_id=0, camera_id=1, seq=0, t_capture_ns=0)
-    with pytest.raises(BundleMismatchError, match="deploy the same bundle"):
+    with pytest.raises(BundleMismatchError, match=r"deploy the camera.s bundle on the host"):
         HostDecoder(stereo).decode(frame, side)
 
 
@@ -188,29 +189,65 @@ def test_undecodable_frames_raise_bitstream_errors(stereo: Bundle, tmp_path_fact
         HostDecoder(dsin).decode(odd, side)
 
 
-def test_encode_file_decode_file(stereo: Bundle, tmp_path: Path) -> None:
+def _cli(*args: object) -> int:
+    return main([str(a) for a in args])
+
+
+def test_encode_and_decode_commands(stereo: Bundle, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`stereodsc encode` / `decode`: the frame file is what a camera sends; every mistake a user can
+    make on the command line ends in one error line naming the fix (exit status 2), never a traceback."""
     x, side = sample_pair(64, 120, seed=9)
     write_rgb(tmp_path / "right.png", x)
     write_rgb(tmp_path / "left.png", side)
-    line = encode_file(stereo.path, 1, tmp_path / "left.png", tmp_path / "left.sdf", role="intra")
-    assert "balle2017 intra q1" in line and "bpp" in line
-    line = decode_file(tmp_path / "left.sdf", stereo.path, None, tmp_path / "left_dec.png")
-    assert "side information none" in line
+    assert _cli("encode", tmp_path / "left.png", "--model", stereo.path, "--quality", 1, "--codec", "intra",
+                "-o", tmp_path / "left.sdf") == 0  # fmt: skip
+    assert "balle2017 intra q1" in capsys.readouterr().out
+    assert _cli("decode", tmp_path / "left.sdf", "--model", stereo.path, "-o", tmp_path / "left_dec.png") == 0
+    assert "side information none" in capsys.readouterr().out
     left_dec = read_rgb(tmp_path / "left_dec.png")
     assert left_dec.shape == side.shape
 
-    encode_file(stereo.path, 0, tmp_path / "right.png", tmp_path / "right.sdf", role="side_info")
-    decode_file(tmp_path / "right.sdf", stereo.path, tmp_path / "left_dec.png", tmp_path / "right_dec.png")
+    assert _cli("encode", tmp_path / "right.png", "--model", stereo.path, "--codec", "side_info",
+                "-o", tmp_path / "right.sdf") == 0  # fmt: skip
+    assert _cli("decode", tmp_path / "right.sdf", "--model", stereo.path, "--side", tmp_path / "left_dec.png",
+                "-o", tmp_path / "right_dec.png") == 0  # fmt: skip
     frame = unpack((tmp_path / "right.sdf").read_bytes())
-    expected = HostDecoder(stereo).decode(frame, left_dec).image
-    assert np.array_equal(read_rgb(tmp_path / "right_dec.png"), expected)
+    assert np.array_equal(read_rgb(tmp_path / "right_dec.png"), HostDecoder(stereo).decode(frame, left_dec).image)
+    capsys.readouterr()
 
-    with pytest.raises(ConfigError, match="decodes with side information: pass --side"):
-        decode_file(tmp_path / "right.sdf", stereo.path, None, tmp_path / "x.png")
-    with pytest.raises(ConfigError, match="uses no side information: drop --side"):
-        decode_file(tmp_path / "left.sdf", stereo.path, tmp_path / "left.png", tmp_path / "x.png")
-    with pytest.raises(ConfigError, match="pass --role"):
-        encode_file(stereo.path, 0, tmp_path / "left.png", tmp_path / "x.sdf")
+    mistakes = {
+        "decodes with side information: pass --side": ("decode", tmp_path / "right.sdf", "--model", stereo.path,
+                                                        "-o", tmp_path / "x.png"),
+        "uses no side information: drop --side": ("decode", tmp_path / "left.sdf", "--model", stereo.path,
+                                                  "--side", tmp_path / "left.png", "-o", tmp_path / "x.png"),
+        "pass --codec intra": ("encode", tmp_path / "left.png", "--model", stereo.path, "-o", tmp_path / "x.sdf"),
+        "is a folder: name a file in it": ("encode", tmp_path / "left.png", "--model", stereo.path,
+                                           "--codec", "intra", "-o", tmp_path),
+        "write decoded images as .png": ("decode", tmp_path / "left.sdf", "--model", stereo.path,
+                                         "-o", tmp_path / "x.jpg"),
+        "does not ship with this install: pass --model": ("decode", tmp_path / "left.sdf", "-o", tmp_path / "x.png"),
+        "neither a folder nor a shipped bundle": ("encode", tmp_path / "left.png", "--model", "nonesuch",
+                                                  "-o", tmp_path / "x.sdf"),
+    }  # fmt: skip
+    for message, args in mistakes.items():
+        assert _cli(*args) == 2, message
+        assert message in capsys.readouterr().err
+
+
+def test_encode_refuses_a_size_the_host_graph_cannot_decode(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """DSIN's host graph runs at the sizes it was exported for: encoding another size is refused at
+    the camera, with the sizes it can use, instead of failing later at the host."""
+    dsin = bundle_dir(tmp_path_factory, "dsin")
+    write_rgb(tmp_path / "x.png", sample_pair(96, 160)[0])
+    assert _cli("encode", tmp_path / "x.png", "--model", dsin, "-o", tmp_path / "x.sdf") == 2
+    err = capsys.readouterr().err
+    assert "host graph" in err and "128x256" in err and "96x160" in err and not (tmp_path / "x.sdf").exists()
+    encoder = EdgeEncoder(load_bundle(dsin), "side_info", 0)
+    encoder.check_size((128, 256))
+    with pytest.raises(DataError, match="re-export the bundle for this size"):
+        encoder.warm_up((96, 160))
 
 
 def test_files_with_a_checkpoint_instead_of_a_bundle(tmp_path_factory: pytest.TempPathFactory, tmp_path: Path) -> None:
@@ -219,9 +256,9 @@ def test_files_with_a_checkpoint_instead_of_a_bundle(tmp_path_factory: pytest.Te
     x, side = sample_pair(64, 128, seed=4)
     write_rgb(tmp_path / "x.png", x)
     write_rgb(tmp_path / "side.png", side)
-    encode_file(ckpt, 0, tmp_path / "x.png", tmp_path / "x.sdf")
-    line = decode_file(tmp_path / "x.sdf", ckpt, tmp_path / "side.png", tmp_path / "out.png")
-    assert "ndic side_info q0" in line and "side information used" in line
+    assert _cli("encode", tmp_path / "x.png", "--model", ckpt, "-o", tmp_path / "x.sdf") == 0
+    assert _cli("decode", tmp_path / "x.sdf", "--model", ckpt, "--side", tmp_path / "side.png",
+                "-o", tmp_path / "out.png") == 0  # fmt: skip
     model, _ = model_from_checkpoint(ckpt)
     assert isinstance(model, CompressionModel)
     with torch.no_grad():
@@ -230,10 +267,23 @@ def test_files_with_a_checkpoint_instead_of_a_bundle(tmp_path_factory: pytest.Te
     assert np.abs(read_rgb(tmp_path / "out.png").astype(int) - expected).max() <= 1
 
 
+def test_a_checkpoint_on_a_torch_free_board_is_refused_with_the_fix(tmp_path: Path) -> None:
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import importlib.util; importlib.util.find_spec = lambda name, *a: None if name == 'torch' else 1\n"
+        "from stereodsc.cli import main\n"
+        f"sys.exit(main(['encode', {str(tmp_path / 'x.png')!r}, '--model', {str(tmp_path / 'm.pt')!r}, '-o', 'f']))\n"
+    )
+    write_rgb(tmp_path / "x.png", sample_pair()[0])
+    (tmp_path / "m.pt").write_bytes(b"not needed: refused before it is read")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "needs torch" in done.stderr and "Traceback" not in done.stderr
+
+
 def test_codecs_import_without_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import stereodsc.edge_encoder, stereodsc.edge_encoder.encoder, stereodsc.host_decoder.decoder\n"
+        "import stereodsc.edge_encoder, stereodsc.codec.encoder, stereodsc.codec.decoder\n"
         "import stereodsc.bundle\n"
         "assert sys.modules['torch'] is None\n"
     )

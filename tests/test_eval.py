@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stereodsc.codec import geometry
 from stereodsc.errors import BitstreamError, ConfigError, DataError
 from stereodsc.eval import containers, metrics, preprocess
 from stereodsc.eval.anchors import ANCHOR_NAMES, available_anchors
@@ -470,14 +471,13 @@ def test_paper_protocol_other_sizes():
 
 @settings(max_examples=40, deadline=None)
 @given(h=st.integers(1, 40), w=st.integers(1, 40), m=st.integers(1, 20), channels=st.sampled_from([0, 1, 3]))
-def test_pad_to_multiple_and_crop_round_trip(h, w, m, channels):
+def test_pad_to_the_stride_and_crop_round_trip(h, w, m, channels):
     shape = (h, w) if channels == 0 else (h, w, channels)
     img = np.arange(np.prod(shape), dtype=np.int32).reshape(shape)
-    padded, size = preprocess.pad_to_multiple(img, m)
-    assert size == (h, w)
+    padded, size = geometry.pad(img, m), (h, w)
     assert padded.shape[0] % m == 0 and padded.shape[1] % m == 0 and padded.shape[2:] == img.shape[2:]
     assert padded.shape[0] - h < m and padded.shape[1] - w < m
-    np.testing.assert_array_equal(preprocess.crop(padded, size), img)
+    np.testing.assert_array_equal(geometry.crop(padded, size), img)
     np.testing.assert_array_equal(padded[h:, :w], np.broadcast_to(img[h - 1 : h], padded[h:, :w].shape))
     np.testing.assert_array_equal(padded[:, w:], np.broadcast_to(padded[:, w - 1 : w], padded[:, w:].shape))
 
@@ -485,10 +485,10 @@ def test_pad_to_multiple_and_crop_round_trip(h, w, m, channels):
 def test_pad_and_crop_errors():
     img = np.zeros((10, 10, 3), np.uint8)
     with pytest.raises(ConfigError):
-        preprocess.pad_to_multiple(img, 0)
+        geometry.pad(img, 0)
     with pytest.raises(DataError):
-        preprocess.crop(img, (11, 10))
-    assert preprocess.pad_to_multiple(img, 5)[0] is img
+        geometry.crop(img, (11, 10))
+    assert geometry.pad(img, 5) is img
 
 
 def test_unavailable_anchor_is_skipped_with_a_logged_reason(monkeypatch, caplog):

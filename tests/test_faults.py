@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from stereodsc.edge_encoder.encoder import EdgeEncoder
+from fakes import IdleReceiver
+from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.host_decoder.service import HostService, host_config_from_dict
 from stereodsc.pipeline import STEREO, collect, edge_config, free_port, host_config, run_pipeline, spawn, wait
 from tiny_models import bundle_dir, sample_pair
@@ -108,11 +109,11 @@ def test_frames_past_the_deadline(stereo: Path, policy: str) -> None:
     """Dependents whose reference is gone (late), never came (stale) or was overtaken (no_reference)."""
     cfg = host_config_from_dict(
         {
-            "host": {"endpoint": f"tcp://127.0.0.1:{free_port()}", "bundle": str(stereo)},
+            "host": {"bundle": str(stereo)},
             "pairing": {"policy": policy, "deadline_ms": 100.0},
         }
     )
-    service = HostService(cfg)
+    service = HostService.from_config(cfg, receiver=IdleReceiver())
     try:
         left, right = sample_pair()
         ref_enc, dep_enc = EdgeEncoder(service.bundle, "intra", 0), EdgeEncoder(service.bundle, "side_info", 0)

@@ -19,11 +19,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stereodsc.edge_encoder.encoder import EdgeEncoder
+from fakes import IdleReceiver
+from stereodsc.codec.decoder import HostDecoder
+from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.errors import BitstreamError
-from stereodsc.host_decoder.decoder import HostDecoder
-from stereodsc.host_decoder.service import DecodedFrame, HostService, HostStats, host_config_from_dict
-from stereodsc.pipeline import free_port
+from stereodsc.host_decoder.service import HostService, HostStats, host_config_from_dict
+from stereodsc.host_decoder.sinks import DecodedFrame
 from stereodsc.wire import MAX_DIM, MAX_ID, Frame, Role
 from tiny_models import bundle_dir, sample_pair
 
@@ -49,12 +50,12 @@ def _bitstream_errors() -> set[str]:
 
 
 class Harness:
-    """One host service (the receiver is bound but unused) and the valid frames mutations start from."""
+    """One host service (fed in-process: no socket) and the valid frames mutations start from."""
 
     def __init__(self, bundle: Path) -> None:
-        cfg = host_config_from_dict({"host": {"endpoint": f"tcp://127.0.0.1:{free_port()}", "bundle": str(bundle)}})
+        cfg = host_config_from_dict({"host": {"bundle": str(bundle)}})
         self.decoded: list[DecodedFrame] = []
-        self.service = HostService(cfg, callbacks=[self.decoded.append])
+        self.service = HostService.from_config(cfg, callbacks=[self.decoded.append], receiver=IdleReceiver())
         bundle_obj = self.service.bundle
         left, right = sample_pair()
         ref_enc, dep_enc = EdgeEncoder(bundle_obj, "intra", 0), EdgeEncoder(bundle_obj, "side_info", 0)

@@ -21,14 +21,16 @@ import pytest
 import torch
 
 from stereodsc import entropy
-from stereodsc.bundle import MANIFEST, SCHEMA, SELF_DIGEST, Bundle, load_bundle, open_model, write_manifest
-from stereodsc.edge_encoder.encoder import EdgeEncoder
+from stereodsc.bundle import MANIFEST, SCHEMA, SELF_DIGEST, Bundle, load_bundle, write_manifest
+from stereodsc.codec.coding import load_coding
+from stereodsc.codec.decoder import HostDecoder
+from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.entropy import IntegerScaleNet
 from stereodsc.errors import BitstreamError, BundleError
+from stereodsc.export import open_model
 from stereodsc.export.graphs import round_weights_to_half, to_float
 from stereodsc.export.parity import fit
 from stereodsc.export.scale_path_export import float_indexes, scale_path_from_torch
-from stereodsc.host_decoder.decoder import HostDecoder
 from stereodsc.models import CompressionModel
 from stereodsc.models.priors import ScaleHyperprior
 from stereodsc.train.checkpoint import model_from_checkpoint
@@ -101,7 +103,7 @@ def test_bundle_ships_z_and_y_tables_and_the_integer_scale_net(
         entry = rawq["scale_paths"]["y"]
         assert entry["file"] == f"{role}/q0/scale_path.npz" and entry["file"] in m["files"]
         assert entry["calibration"] == {"latents": len(sizes), "source": "export sample images"}
-        coding = codec.load_coding(q)
+        coding = load_coding(codec, q)
         net, y_tables = coding.scale_nets["y"], coding.tables["y"]
         assert coding.tables["z"].num_rows == 8 and y_tables.num_rows == net.levels == 64
         # One row per scale level, each coding -c_k..c_k (+ escape): 3 symbols at 0.11, 3131 at 256.

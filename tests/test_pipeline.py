@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from stereodsc.bundle import load_bundle
-from stereodsc.edge_encoder.encoder import EdgeEncoder
+from stereodsc.codec.decoder import HostDecoder
+from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.export import export_bundle
-from stereodsc.host_decoder.decoder import HostDecoder
 from stereodsc.host_decoder.service import HostService, host_config_from_dict
 from stereodsc.images import read_rgb
 from stereodsc.pipeline import (
@@ -30,6 +30,7 @@ from stereodsc.pipeline import (
     spawn,
     wait,
 )
+from stereodsc.records import decoded_name
 from stereodsc.sample import drive_path
 from stereodsc.wire import Frame, Role, unpack
 from tiny_models import bundle_dir, checkpoint
@@ -70,8 +71,8 @@ def test_every_sent_frame_is_decoded_bit_exactly(stereo: Path, tmp_path: Path) -
         dep_frame = dep_enc.frame(dep_enc.encode(sample("right", seq)), rig_id=1, camera_id=1, seq=seq, t_capture_ns=0)
         ref = decoder.decode(ref_frame).image
         dep = decoder.decode(dep_frame, ref).image
-        assert np.array_equal(read_rgb(run.decoded_dir / f"rig1_cam0_{seq:010d}.png"), ref)
-        assert np.array_equal(read_rgb(run.decoded_dir / f"rig1_cam1_{seq:010d}.png"), dep)
+        assert np.array_equal(read_rgb(run.decoded_dir / f"{decoded_name(1, 0, seq)}.png"), ref)
+        assert np.array_equal(read_rgb(run.decoded_dir / f"{decoded_name(1, 1, seq)}.png"), dep)
 
 
 def test_cameras_may_run_different_bundles_the_host_has(
@@ -103,7 +104,7 @@ def _lines(path: Path) -> int:
 def test_cameras_survive_a_host_restart(stereo: Path, tmp_path: Path) -> None:
     port = free_port()
     first = spawn("host", host_config(tmp_path, port, stereo, idle_exit_s=0.0, tag="host_a"))
-    configs = [edge_config(tmp_path, port, stereo, cam, frames=60, fps=10.0, loop=True) for cam in STEREO]
+    configs = [edge_config(tmp_path, port, stereo, cam, frames=150, fps=10.0, loop=True) for cam in STEREO]
     edges = [spawn("edge", cfg) for cfg in configs]
     try:
         deadline = time.monotonic() + 120
@@ -160,7 +161,7 @@ def _frame(bundle_id: bytes, role: Role = Role.REFERENCE, seq: int = 0) -> bytes
 
 def test_host_rejects_foreign_and_corrupt_frames_and_counts_them(stereo: Path, tmp_path: Path) -> None:
     cfg = host_config_from_dict({"host": {"endpoint": f"tcp://127.0.0.1:{free_port()}", "bundle": str(stereo)}})
-    service = HostService(cfg)
+    service = HostService.from_config(cfg)
     try:
         bundle = service.bundle
         enc = EdgeEncoder(bundle, "intra", 0)
@@ -201,7 +202,7 @@ def test_decoded_frames_reach_subscribers_and_callbacks(stereo: Path) -> None:
         }
     )
     seen: list[int] = []
-    service = HostService(cfg, callbacks=[lambda out: seen.append(out.frame.seq)])
+    service = HostService.from_config(cfg, callbacks=[lambda out: seen.append(out.frame.seq)])
     ctx = zmq.Context()
     sub = ctx.socket(zmq.SUB)
     try:
@@ -234,8 +235,8 @@ def test_camera_and_host_modules_never_import_torch() -> None:
 
     code = (
         "import sys; sys.modules['torch'] = None\n"  # any import of torch now fails
-        "import stereodsc.cli, stereodsc.edge_encoder.daemon, stereodsc.edge_encoder.encoder\n"
-        "import stereodsc.host_decoder.service, stereodsc.host_decoder.decoder, stereodsc.pipeline\n"
+        "import stereodsc.cli, stereodsc.edge_encoder.daemon, stereodsc.codec.encoder\n"
+        "import stereodsc.host_decoder.service, stereodsc.codec.decoder, stereodsc.pipeline\n"
         "import stereodsc.calibration, stereodsc.transport, stereodsc.wire, stereodsc.entropy, stereodsc.bundle\n"
         "import stereodsc.runtime.ort\n"
     )
@@ -246,7 +247,7 @@ def test_camera_and_host_modules_never_import_torch() -> None:
 @pytest.mark.parametrize(
     ("build", "raw", "match"),
     [
-        ("edge", {"camera": {"role": "left"}}, r"role = 'left'; choose 'reference' or 'dependent'"),
+        ("edge", {"camera": {"role": "left"}}, r"role = 'left'; choose one of \['reference', 'dependent'\]"),
         ("edge", {"camera": {"fps": "fast"}}, r"\[camera\] fps = 'fast' should be a float"),
         ("edge", {"cam": {}}, r"unknown section\(s\) \['cam'\]"),
         ("host", {"pairing": {"policy": "maybe"}}, r"policy = 'maybe'; choose one of"),

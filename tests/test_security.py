@@ -13,10 +13,12 @@ from typing import Any
 
 import pytest
 
+from fakes import IdleReceiver
+from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.edge_encoder.daemon import edge_config_from_dict
-from stereodsc.edge_encoder.encoder import EdgeEncoder
 from stereodsc.errors import ConfigError
-from stereodsc.host_decoder.service import DecodedFrame, HostService, host_config_from_dict
+from stereodsc.host_decoder.service import HostService, host_config_from_dict
+from stereodsc.host_decoder.sinks import DecodedFrame
 from stereodsc.pipeline import STEREO, free_port, run_pipeline
 from stereodsc.security import load_client_curve, load_server_curve, new_keypair
 from stereodsc.transport import FrameSender
@@ -109,7 +111,7 @@ def test_only_allowed_camera_keys_get_frames_decoded(
         {"host": {"endpoint": endpoint, "bundle": str(stereo)}, "security": _host_security(keys)}
     )
     decoded: list[DecodedFrame] = []
-    service = HostService(cfg, callbacks=[decoded.append])
+    service = HostService.from_config(cfg, callbacks=[decoded.append])
     cam = load_client_curve(str(keys / "cam0.key_secret"), str(keys / "host.key"))
     intruder = load_client_curve(str(keys / "intruder.key_secret"), str(keys / "host.key"))
     # The intruder even knows the host's public key and speaks the right wire format and bundle.
@@ -134,7 +136,7 @@ def test_only_allowed_camera_keys_get_frames_decoded(
 
 def test_plain_host_warns_at_start(stereo: Path, caplog: pytest.LogCaptureFixture) -> None:
     cfg = host_config_from_dict({"host": {"endpoint": f"tcp://127.0.0.1:{free_port()}", "bundle": str(stereo)}})
-    service = HostService(cfg)
+    service = HostService.from_config(cfg)
     service.stop()  # run() logs its start-up lines, sees the stop and closes
     with caplog.at_level(logging.INFO, logger="stereodsc.host"):
         service.run()
@@ -181,8 +183,8 @@ def test_camera_with_unknown_key_gets_nothing_decoded_end_to_end(stereo: Path, k
 
 
 def _service(stereo: Path, **host: Any) -> HostService:
-    raw = {"host": {"endpoint": f"tcp://127.0.0.1:{free_port()}", "bundle": str(stereo), **host}}
-    return HostService(host_config_from_dict(raw))
+    raw = {"host": {"bundle": str(stereo), **host}}
+    return HostService.from_config(host_config_from_dict(raw), receiver=IdleReceiver())
 
 
 def test_rate_limit_drops_a_flooding_camera_only(stereo: Path) -> None:
@@ -215,12 +217,10 @@ def test_max_cameras_per_rig_and_stale_slots(stereo: Path) -> None:
         service.close()
 
 
-def test_tracked_cameras_are_bounded_in_all(stereo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tracked_cameras_are_bounded_in_all(stereo: Path) -> None:
     """A sender making up (rig, camera) ids cannot grow the host's per-camera state without bound."""
-    from stereodsc.host_decoder import service as service_module
-
-    monkeypatch.setattr(service_module, "MAX_CAMERAS", 2)
     service = _service(stereo)
+    service.admission.max_cameras = 2
     try:
         for rig in (1, 2, 3):
             service.handle(_frames(service, 0, 1, rig_id=rig)[0], 0.0)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stereodsc.bundle import load_bundle
+from stereodsc.bundle import LICENCE_FILE, load_bundle
 from stereodsc.bundles import shipped_bundles
-from stereodsc.edge_encoder.encoder import EdgeEncoder
+from stereodsc.codec.decoder import HostDecoder
+from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.eval.metrics import psnr
 from stereodsc.eval.preprocess import paper_protocol
-from stereodsc.host_decoder.decoder import HostDecoder
 from stereodsc.images import read_rgb
 from stereodsc.sample import drive_path
 
@@ -43,6 +43,8 @@ def test_the_card_covers_exactly_what_ships() -> None:
     assert set(SHIPPED) == set(CARD)
     for name, folder in SHIPPED.items():
         bundle = load_bundle(folder)  # verify=True: every file against its sha256
+        assert LICENCE_FILE in bundle.manifest["files"]  # the weights' terms travel with them, hashed
+        assert "CC BY-NC-SA 3.0" in (folder / LICENCE_FILE).read_text()
         assert {role: len(c.qualities) for role, c in bundle.codecs.items()} == {
             role: len(qs) for role, qs in CARD[name].items()
         }

@@ -154,7 +154,7 @@ def test_each_defect_raises_its_typed_error() -> None:
         unpack(recrc(body[:2] + b"\x00" + body[3:]))
     with pytest.raises(MalformedFrameError, match="trailing"):
         unpack(data + b"\0")
-    with pytest.raises(BundleMismatchError, match="deploy the same bundle"):
+    with pytest.raises(BundleMismatchError, match=r"deploy the camera.s bundle on the host"):
         unpack(data, expected_bundle=b"\1" * 8)
     with pytest.raises(FrameTooLargeError, match="max_frame_bytes=100"):
         unpack(data, max_frame_bytes=100)

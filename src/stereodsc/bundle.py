@@ -11,6 +11,7 @@ Layout of a bundle folder (written by ``stereodsc export``, see `stereodsc.expor
     side_info/q0/...             the same for the side-information codec; its host graph also takes
                                  the decoded side image "side" (uint8 [1, H, W, 3])
     side_info/q0/host_128x256.onnx   a graph that only runs at one padded size (DSIN's SI-Finder)
+    LICENSE.txt                  the licence of the weights (export --licence), if the exporter gave one
 
 H and W are the image size padded to the codec's ``stride``. A graph is either dynamic (one file,
 manifest key ``"*"``, any multiple of the stride) or fixed (one file per padded size, key
@@ -28,41 +29,29 @@ the id changes whenever any file changes. Every wire frame carries (a prefix of)
 never decodes a frame with other weights or tables than the camera encoded it with. The manifest
 also holds the sha256 of its own canonical content, so a hand-edited manifest is refused too.
 
-Besides the layout this module holds what the edge encoder and the host decoder share to use a
-bundle identically: padding rule, latent shapes, table loading, graph sessions, image checks.
-No torch here: camera boards and hosts load bundles.
+This module reads and verifies bundles (no torch: camera boards and hosts load them); what both
+ends do with one lives in `stereodsc.codec`, and writing one from checkpoints in `stereodsc.export`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
-import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import numpy as np
-
-from stereodsc.errors import BundleError, DataError
-from stereodsc.wire import Role
-
-if TYPE_CHECKING:
-    from stereodsc.entropy import CdfTables, IntegerScaleNet
-    from stereodsc.runtime import Session
+from stereodsc.errors import BundleError
+from stereodsc.wire import bundle_id_from_sha256
 
 MANIFEST = "manifest.json"
 SCHEMA = "stereodsc.bundle/1"
 ROLES = ("intra", "side_info")
 ANY_SIZE = "*"
 SELF_DIGEST = "manifest_sha256"
-FRAME_ROLES = {"intra": Role.REFERENCE, "side_info": Role.DEPENDENT}
-"""Codec role -> the wire role its frames carry (the host picks the codec back from it)."""
-MAX_PIXELS = 4096 * 4096
-"""Largest image (pixels, after padding) the codecs accept: 16.8 MP; bounds encoder/decoder memory."""
+LICENCE_FILE = "LICENSE.txt"
+"""The terms of the bundle's weights (e.g. those of the data they were trained on), hashed like every file."""
 
 
 def sha256_file(path: Path) -> str:
@@ -123,19 +112,6 @@ class QualityPoint:
     def host(self) -> Graph:
         return self.graphs["host"]
 
-    def load_tables(self) -> dict[str, CdfTables]:
-        """Parse and validate the CDF tables of every latent (the one place both ends read them)."""
-        from stereodsc.entropy import CdfTables
-
-        return {name: CdfTables.from_npz_bytes(path.read_bytes()) for name, path in self.tables.items()}
-
-    def load_scale_paths(self) -> dict[str, IntegerScaleNet]:
-        """Parse and validate the integer scale nets (hyperprior codecs; empty for factorized ones)."""
-        from stereodsc.entropy import IntegerScaleNet
-
-        return {name: IntegerScaleNet.from_npz_bytes(path.read_bytes()) for name, path in self.scale_paths.items()}
-
-
 @dataclass(frozen=True)
 class Latent:
     """A transmitted latent: one wire segment, ``channels`` x (H / stride) x (W / stride) symbols.
@@ -148,32 +124,6 @@ class Latent:
     channels: int
     stride: int
     conditioned_on: str | None = None
-
-
-@dataclass(frozen=True)
-class Coding:
-    """The integers one quality is entropy-coded with, identical on both ends: a CDF table set per
-    latent and an integer scale net per conditioned latent, checked against each other at load."""
-
-    latents: tuple[Latent, ...]  # in wire-segment order
-    tables: Mapping[str, CdfTables]
-    scale_nets: Mapping[str, IntegerScaleNet]
-
-    def rows(self, latent: Latent, shape: tuple[int, int, int], coded: Mapping[str, np.ndarray]) -> np.ndarray:
-        """Table row of every symbol of `latent` ([C, h, w] `shape`), given the latents coded before it.
-
-        `coded` maps earlier latents to their int32 symbols [C, h, w]: on the edge those it encoded,
-        on the host those it decoded, which are the same integers, hence the same rows.
-        """
-        if latent.conditioned_on is None:
-            return latent_indexes(shape)
-        rows = self.scale_nets[latent.name].indexes(coded[latent.conditioned_on])
-        if rows.shape != shape:
-            raise BundleError(
-                f"the scale net of {latent.name} gave rows {rows.shape} for {latent.conditioned_on} "
-                f"{coded[latent.conditioned_on].shape}, expected {shape}: the bundle is inconsistent; re-export it"
-            )
-        return rows
 
 
 @dataclass(frozen=True)
@@ -196,45 +146,11 @@ class Codec:
             )
         return self.qualities[index]
 
-    def padded_size(self, height: int, width: int) -> tuple[int, int]:
-        """The size the graphs see: the image padded (bottom/right) to a multiple of ``stride``."""
-        return -(-height // self.stride) * self.stride, -(-width // self.stride) * self.stride
-
     def latent_shapes(self, padded_height: int, padded_width: int) -> dict[str, tuple[int, int, int]]:
         """(C, h, w) of every latent of a padded image, in wire-segment order."""
         return {
             lat.name: (lat.channels, padded_height // lat.stride, padded_width // lat.stride) for lat in self.latents
         }
-
-    def load_coding(self, point: QualityPoint) -> Coding:
-        """Load one quality's tables and scale nets and check they fit this codec's latents.
-
-        Raises BundleError for a bundle whose files do not fit its manifest (and the table / scale
-        net format errors, BitstreamErrors, for damaged files).
-        """
-        tables = point.load_tables()
-        nets = point.load_scale_paths()
-        by_name = {lat.name: lat for lat in self.latents}
-
-        def bad(msg: str) -> BundleError:
-            return BundleError(f"{self.role} quality {point.index}: {msg}; the bundle is inconsistent, re-export it")
-
-        for lat in self.latents:
-            rows = tables[lat.name].num_rows
-            if lat.conditioned_on is None:
-                if rows != lat.channels:
-                    raise bad(f"{lat.name} has {lat.channels} channels but its tables have {rows} rows")
-                continue
-            net, given = nets[lat.name], by_name[lat.conditioned_on]
-            if (net.latent_channels, net.channels) != (given.channels, lat.channels):
-                raise bad(
-                    f"the scale net maps {net.latent_channels} -> {net.channels} channels, the latents are "
-                    f"{given.name} ({given.channels}) -> {lat.name} ({lat.channels})"
-                )
-            if net.levels != rows:
-                raise bad(f"the scale net picks among {net.levels} rows, {lat.name}'s tables have {rows}")
-        return Coding(self.latents, tables, nets)
-
 
 @dataclass(frozen=True)
 class Bundle:
@@ -246,7 +162,7 @@ class Bundle:
     @property
     def id_bytes(self) -> bytes:
         """The 8-byte id prefix that wire frames carry."""
-        return bytes.fromhex(self.id[:16])
+        return bundle_id_from_sha256(self.id)
 
     def codec(self, role: str) -> Codec:
         try:
@@ -388,90 +304,3 @@ def load_bundle(folder: str | Path, verify: bool = True, expected_id: str | None
         raise BundleError(f"{path}: codec roles {found}; expected some of {list(ROLES)}")
     codecs = {role: _codec(folder, role, raw, listed, verify) for role, raw in raw_codecs.items()}
     return Bundle(folder, bundle_id, manifest, codecs)
-
-
-@contextlib.contextmanager
-def open_model(path: str | Path, size: tuple[int, int]) -> Iterator[Bundle]:
-    """A bundle folder, or a training checkpoint exported on the fly to a temporary bundle.
-
-    `size` is the (unpadded) image size to code; fixed-size graphs are exported for it. The
-    on-the-fly export skips the parity check and is deterministic, so the same checkpoint and size
-    give the same bundle id where a frame is encoded and where it is decoded (same torch / onnx
-    versions): the convenience path for trying a checkpoint; deploy an exported bundle otherwise.
-    """
-    path = Path(path)
-    if path.is_dir():
-        yield load_bundle(path)
-        return
-    if not path.is_file():
-        raise BundleError(f"{path}: neither a bundle folder nor a checkpoint file")
-    from stereodsc.export import export_bundle  # torch: only for a checkpoint argument
-
-    with tempfile.TemporaryDirectory(prefix="stereodsc-bundle-") as tmp:
-        report = export_bundle([path], Path(tmp) / "bundle", sample_images=[], sizes=[size], progress=False)
-        yield load_bundle(report.bundle)
-
-
-def check_rgb(image: Any, what: str, max_pixels: int = MAX_PIXELS) -> np.ndarray:
-    """Return `image` as a C-contiguous uint8 HxWx3 array, or raise DataError naming the fix."""
-    if not isinstance(image, np.ndarray):
-        raise DataError(f"{what} must be a numpy array (uint8 HxWx3 RGB), got {type(image).__name__}")
-    if image.ndim != 3 or image.shape[2] != 3:
-        raise DataError(
-            f"{what} must be an HxWx3 RGB image, got shape {image.shape}; convert grey or RGBA frames to RGB"
-        )
-    if image.dtype != np.uint8:
-        raise DataError(
-            f"{what} must be uint8 (0..255), got {image.dtype}; scale and convert it "
-            "(e.g. np.clip(x * 255, 0, 255).round().astype(np.uint8))"
-        )
-    h, w = image.shape[:2]
-    if h < 1 or w < 1 or h * w > max_pixels:
-        raise DataError(
-            f"{what} is {h}x{w}, outside 1..{max_pixels} pixels; downscale or crop it (or raise max_pixels)"
-        )
-    return np.ascontiguousarray(image)
-
-
-@functools.lru_cache(maxsize=16)
-def latent_indexes(shape: tuple[int, int, int]) -> np.ndarray:
-    """Table row of every symbol of a factorized latent (one row per channel), shared read-only.
-
-    A hyperprior's y takes its rows from the integer scale net instead (`Coding.rows`).
-    """
-    from stereodsc.entropy import channel_indexes
-
-    indexes = channel_indexes(shape)
-    indexes.setflags(write=False)
-    return indexes
-
-
-class GraphSessions:
-    """Inference sessions of a bundle's graphs, each opened once and reused for every frame.
-
-    For native TensorRT (engines have fixed optimisation profiles) a session is kept per input
-    shape; the onnxruntime backends take any shape a dynamic graph accepts.
-    """
-
-    def __init__(self, bundle: Bundle, backend: str = "cpu", threads: int = 0, cache_dir: Path | None = None) -> None:
-        self.bundle = bundle
-        self.backend = backend
-        self.threads = threads
-        self.cache_dir = cache_dir  # TensorRT engine cache (default: next to the graphs)
-        self._sessions: dict[tuple[Path, tuple[tuple[str, tuple[int, ...]], ...]], Session] = {}
-
-    def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from stereodsc.runtime import open_session
-
-        shapes = tuple(sorted((k, v.shape) for k, v in inputs.items())) if self.backend == "tensorrt" else ()
-        key = (path, shapes)
-        if key not in self._sessions:
-            self._sessions[key] = open_session(
-                path,
-                self.backend,
-                cache_dir=self.cache_dir,
-                cache_key=f"{self.bundle.id}:{path.relative_to(self.bundle.path).as_posix()}",
-                threads=self.threads,
-                profiles={k: (s, s, s) for k, s in shapes} or None,
-            )
-        return self._sessions[key].run(inputs)

@@ -7,14 +7,20 @@ camera-side commands never import torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import logging
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stereodsc import __version__
 from stereodsc.errors import StereoDSCError
+
+if TYPE_CHECKING:
+    from stereodsc.bundle import Bundle
 
 EPILOG = """\
 examples:
@@ -25,8 +31,11 @@ examples:
   stereodsc calibrate --check rig.toml --left L.png --right R.png -o check.png
   stereodsc calibrate --import-kitti calib_cam_to_cam.txt -o rig.toml
   stereodsc keys new cam1 --dir keys               a CURVE key pair for an authenticated camera link
+  stereodsc encode left.png --model default --codec intra -o left.sdf
+  stereodsc decode left.sdf -o left_decoded.png    the frame names its bundle: a shipped one is found by id
 
-every command has its own --help.
+sizes are written HEIGHTxWIDTH everywhere (e.g. 375x1242); a bundle is a folder or a shipped name
+(stereodsc models lists them). Every command has its own --help.
 """
 
 
@@ -64,8 +73,11 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.import_kitti:
         rig = cal.rig_from_kitti(args.import_kitti)
     elif args.import_opencv:
-        size = tuple(int(v) for v in args.size.lower().split("x")) if args.size else None
-        rig = cal.rig_from_opencv(args.import_opencv, args.extrinsics, image_size=size)  # type: ignore[arg-type]
+        from stereodsc.codec.geometry import parse_size
+
+        height, width = parse_size(args.size, "--size") if args.size else (0, 0)
+        size = (width, height) if args.size else None  # the rig file stores OpenCV's (width, height)
+        rig = cal.rig_from_opencv(args.import_opencv, args.extrinsics, image_size=size)
     else:
         if not (args.left and args.right and args.board and args.square):
             raise ConfigError(
@@ -106,9 +118,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from stereodsc.codec.geometry import parse_size
     from stereodsc.export import DEFAULT_SIZES, export_bundle
 
-    sizes = [_size(s) for s in args.size] if args.size else list(DEFAULT_SIZES)
+    sizes = [parse_size(s, "--size") for s in args.size] if args.size else list(DEFAULT_SIZES)
     report = export_bundle(
         [Path(c) for c in args.checkpoints],
         Path(args.out),
@@ -118,32 +131,74 @@ def cmd_export(args: argparse.Namespace) -> int:
         weights=args.weights,
         overwrite=args.overwrite,
         progress=not args.quiet,
+        licence=Path(args.licence) if args.licence else None,
     )
     print(report.summary())
     return 0
 
 
-def cmd_encode(args: argparse.Namespace) -> int:
-    from stereodsc.edge_encoder.encoder import encode_file
+@contextlib.contextmanager
+def open_model(name: str, size: tuple[int, int]) -> Iterator[Bundle]:
+    """`--model`: a shipped bundle's name, a bundle folder, or a training checkpoint (exported on the
+    fly at `size`, which needs torch)."""
+    from stereodsc.bundle import load_bundle
+    from stereodsc.bundles import resolve_bundle
+    from stereodsc.errors import ConfigError
 
-    print(encode_file(Path(args.model), args.quality, Path(args.image), Path(args.output), role=args.codec))
+    path = Path(name)
+    if not path.is_file():
+        yield load_bundle(resolve_bundle(name))
+        return
+    if importlib.util.find_spec("torch") is None:
+        raise ConfigError(
+            f"{path} is a training checkpoint: using one needs torch (pip install 'stereodsc[train]'); on a "
+            "camera board, export it elsewhere (stereodsc export) and pass the bundle folder or its name"
+        )
+    from stereodsc.export import open_model as export_on_the_fly
+
+    with export_on_the_fly(path, size) as bundle:
+        yield bundle
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from stereodsc.codec.files import encode_file
+    from stereodsc.images import read_rgb
+
+    image = Path(args.image)
+    with open_model(args.model, read_rgb(image).shape[:2]) as bundle:
+        print(encode_file(bundle, args.quality, image, Path(args.output), codec=args.codec))
     return 0
 
 
 def cmd_decode(args: argparse.Namespace) -> int:
-    from stereodsc.host_decoder.decoder import decode_file
+    from stereodsc.bundle import load_bundle
+    from stereodsc.bundles import find_shipped
+    from stereodsc.codec.files import decode_file, read_frame
+    from stereodsc.errors import ConfigError
 
-    side = Path(args.side) if args.side else None
-    print(decode_file(Path(args.frame), Path(args.model), side, Path(args.output)))
+    frame_path, side = Path(args.frame), Path(args.side) if args.side else None
+    if args.model:
+        frame = read_frame(frame_path)
+        with open_model(args.model, (frame.height, frame.width)) as bundle:
+            print(decode_file(frame_path, bundle, side, Path(args.output)))
+        return 0
+    found = find_shipped(read_frame(frame_path).bundle_id)
+    if found is None:
+        raise ConfigError(
+            f"{frame_path} was encoded with bundle {read_frame(frame_path).bundle_id.hex()}..., which does not "
+            "ship with this install: pass --model with its bundle folder (or the checkpoint)"
+        )
+    print(decode_file(frame_path, load_bundle(found), side, Path(args.output)))
     return 0
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from stereodsc.bundles import resolve_bundle
     from stereodsc.eval.run import run_eval
 
     codecs = None if args.codecs is None else [c for c in args.codecs.split(",") if c]
     results = run_eval(
-        args.model,
+        [resolve_bundle(m) for m in args.model],
         args.pairs,
         protocol=args.protocol,
         codecs=codecs,
@@ -182,18 +237,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(describe(folder, verify=args.verify))
     total = sum(folder_bytes(f) for f in shipped.values())
     example = next(iter(shipped))
-    print(f'{len(shipped)} bundles, {total / 1e6:.1f} MB; name one in a config, e.g. [codec] bundle = "{example}"')
+    print(
+        f"{len(shipped)} bundles, {total / 1e6:.1f} MB; name one wherever a bundle is taken: "
+        f'--model {example} (encode, decode, eval), [codec] bundle = "{example}" (edge), [host] bundle (host), '
+        f'stereodsc.encode(image, bundle="{example}")'
+    )
     return 0
-
-
-def _size(text: str) -> tuple[int, int]:
-    from stereodsc.errors import ConfigError
-
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise ConfigError(f"size {text!r}: write it as HEIGHTxWIDTH, e.g. 375x1242") from None
-    return h, w
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -240,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--import-kitti", metavar="CALIB", help="KITTI calib_cam_to_cam.txt (cameras 02/03)")
     c.add_argument("--import-opencv", metavar="YML", help="OpenCV stereo_calib intrinsics (M1 D1 M2 D2)")
     c.add_argument("--extrinsics", metavar="YML", help="OpenCV stereo_calib extrinsics (R T), with --import-opencv")
-    c.add_argument("--size", help="image size WxH for --import-opencv when the file lacks it")
+    c.add_argument("--size", help="image size HEIGHTxWIDTH for --import-opencv when the file lacks it")
     c.add_argument("-o", "--output", help="rig file to write (or the check image with --check)")
     c.set_defaults(func=cmd_calibrate)
 
@@ -276,7 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     x.add_argument("checkpoints", nargs="+", help="checkpoint files (.pt) from stereodsc train")
     x.add_argument("--out", required=True, help="bundle folder to create")
-    x.add_argument("--size", action="append", help="HEIGHTxWIDTH to verify (repeatable; default 128x256, 375x1242)")
+    x.add_argument(
+        "--size", action="append", help="image size HEIGHTxWIDTH to verify (repeatable; default 128x256, 375x1242)"
+    )
     x.add_argument("--opset", type=int, default=18, help="ONNX opset (default 18)")
     x.add_argument(
         "--strict-symbols",
@@ -291,6 +342,11 @@ def build_parser() -> argparse.ArgumentParser:
         "the graphs are checked against the model with the rounded kernels)",
     )
     x.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    x.add_argument(
+        "--licence",
+        metavar="FILE",
+        help="the weights' licence (e.g. that of the training data), copied into the bundle as LICENSE.txt",
+    )
     x.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     x.set_defaults(func=cmd_export)
 
@@ -300,11 +356,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Encode IMAGE with a bundle (or a checkpoint, exported on the fly) into one "
         "wire frame, exactly as a camera node sends it.",
     )
-    en.add_argument("image")
-    en.add_argument("--model", required=True, help="bundle folder or checkpoint")
-    en.add_argument("--quality", type=int, default=0, help="quality index (0 = lowest rate)")
-    en.add_argument("--codec", choices=("intra", "side_info"), help="which codec of a bundle that has both")
-    en.add_argument("-o", "--output", required=True, help="frame file to write")
+    en.add_argument("image", help="PNG/JPEG/... image; its HEIGHTxWIDTH must be one the bundle's graphs run at")
+    en.add_argument(
+        "--model", default="default", help="shipped bundle name (default: default), bundle folder, or checkpoint"
+    )
+    en.add_argument("--quality", type=int, default=0, help="quality index (0 = lowest rate; stereodsc models)")
+    en.add_argument(
+        "--codec",
+        choices=("intra", "side_info"),
+        help="which codec of a bundle that has both: intra (reference camera) or side_info (dependent camera)",
+    )
+    en.add_argument("-o", "--output", required=True, help="frame file to write (e.g. frame.sdf)")
     en.set_defaults(func=cmd_encode)
 
     de = sub.add_parser(
@@ -313,10 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decode a frame written by 'stereodsc encode' (or captured off the wire). "
         "A frame of a side-information codec needs --side: the other camera's image.",
     )
-    de.add_argument("frame")
-    de.add_argument("--model", required=True, help="the bundle folder (or checkpoint) it was encoded with")
+    de.add_argument("frame", help="frame file written by stereodsc encode")
+    de.add_argument(
+        "--model",
+        help="the bundle (name or folder) or checkpoint it was encoded with; default: the shipped bundle whose "
+        "id the frame carries",
+    )
     de.add_argument("--side", help="side image (the reference camera's decoded frame), for side_info frames")
-    de.add_argument("-o", "--output", required=True, help="PNG to write")
+    de.add_argument("-o", "--output", required=True, help="image to write: .png (or .ppm, .bmp, .tif: lossless)")
     de.set_defaults(func=cmd_decode)
 
     ev = sub.add_parser(
@@ -331,9 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         action="append",
         default=[],
-        type=Path,
         required=True,
-        help="bundle folder or checkpoint (.pt); repeatable. Checkpoints of one model config form one curve",
+        help="shipped bundle name, bundle folder or checkpoint (.pt); repeatable. Checkpoints of one model "
+        "config form one curve",
     )
     ev.add_argument(
         "--pairs",

@@ -24,6 +24,7 @@ from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.eval.metrics import ms_ssim, psnr
 from stereodsc.images import read_rgb, write_rgb
 from stereodsc.pipeline import PipelineRun, run_pipeline
+from stereodsc.records import decoded_name
 from stereodsc.sample import drive_path
 
 TINY_MODELS = ("balle2017", "ndic")
@@ -67,8 +68,8 @@ class RatePoint:
 
 def intra_curve(bundle: Bundle, images: list[np.ndarray]) -> list[RatePoint]:
     """The reference (no side information) codec of the bundle at each quality, offline."""
-    from stereodsc.edge_encoder.encoder import EdgeEncoder
-    from stereodsc.host_decoder.decoder import HostDecoder
+    from stereodsc.codec.decoder import HostDecoder
+    from stereodsc.codec.encoder import EdgeEncoder
     from stereodsc.wire import Role
 
     decoder = HostDecoder(bundle)
@@ -103,7 +104,7 @@ def pipeline_report(run: PipelineRun, bundle: Bundle) -> dict[str, Any]:
     for rec in sorted(run.host_frames, key=lambda r: (r["seq"], r["camera"])):
         cam, seq = rec["camera"], rec["seq"]
         original = read_rgb(originals[cam][seq])
-        decoded = read_rgb(run.decoded_dir / f"rig1_cam{cam}_{seq:010d}.png")
+        decoded = read_rgb(run.decoded_dir / f"{decoded_name(1, cam, seq)}.png")
         pixels = original.shape[0] * original.shape[1]
         sent = edge[cam][seq]
         frames.append(
@@ -116,7 +117,7 @@ def pipeline_report(run: PipelineRun, bundle: Bundle) -> dict[str, Any]:
                 "wire_bpp": 8 * sent["bytes"] / pixels,
                 "psnr": psnr(original, decoded),
                 "ms_ssim": ms_ssim(original, decoded),
-                "encode_ms": sent["encode_ms"],
+                "encode_ms": sum(sent["stages_ms"].values()),
                 "latency_ms": rec["latency_ms"],
             }
         )
@@ -151,8 +152,8 @@ def side_by_side(run: PipelineRun, seq: int, out: Path) -> Path:
     right_files, _ = kitti_frames(drive_path(), "right")
     tiles = [
         read_rgb(right_files[seq]),
-        read_rgb(run.decoded_dir / f"rig1_cam1_{seq:010d}.png"),
-        read_rgb(run.decoded_dir / f"rig1_cam0_{seq:010d}.png"),
+        read_rgb(run.decoded_dir / f"{decoded_name(1, 1, seq)}.png"),
+        read_rgb(run.decoded_dir / f"{decoded_name(1, 0, seq)}.png"),
     ]
     gap = np.full((tiles[0].shape[0], 4, 3), 255, np.uint8)
     write_rgb(out, np.concatenate([tiles[0], gap, tiles[1], gap, tiles[2]], axis=1))
@@ -172,8 +173,13 @@ def print_report(report: dict[str, Any], trained_here: bool) -> None:
             f"{f['encode_ms']:>7.1f} {f['latency_ms']:>8.1f}"
         )
     ref, dep = s["reference"], s["dependent"]
+    decoded = {cam: sum(f["camera"] == cam for f in report["frames"]) for cam in s["frames_sent"]}
     print(
-        f"\nreference camera (intra codec): {ref['payload_bpp']:.4f} bpp payload, {ref['wire_bpp']:.4f} bpp wire, "
+        "\nframes: "
+        + "; ".join(f"camera {cam} sent {n}, host decoded {decoded[cam]}" for cam, n in s["frames_sent"].items())
+    )
+    print(
+        f"reference camera (intra codec): {ref['payload_bpp']:.4f} bpp payload, {ref['wire_bpp']:.4f} bpp wire, "
         f"PSNR {ref['psnr']:.2f} dB, MS-SSIM {ref['ms_ssim']:.4f}"
     )
     print(

@@ -211,8 +211,8 @@ def run_pipeline(
             )
             edges.append((spawn("edge", cfg), cfg.with_suffix(".log")))
         deadline = time.monotonic() + timeout_s
-        for proc, log in edges:
-            wait(proc, deadline, log)
+        for proc, log in edges:  # a camera that delivered nothing exits 1: the collected stats tell
+            wait(proc, deadline, log, ok=(0, 1))
         wait(host, deadline, folder / "host.log")
     finally:
         for proc in [host, *(p for p, _ in edges)]:
@@ -222,10 +222,12 @@ def run_pipeline(
     return collect(folder, cameras)
 
 
-def wait(proc: subprocess.Popen[bytes], deadline: float, log_path: Path) -> None:
+def wait(proc: subprocess.Popen[bytes], deadline: float, log_path: Path, ok: tuple[int, ...] = (0,)) -> None:
+    """Wait for a spawned command; a PipelineError with its log's tail if it hangs or exits with a status
+    not in `ok` (a camera that delivered nothing exits 1: pass ``ok=(0, 1)`` where that is expected)."""
     try:
         code = proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         raise PipelineError(f"{log_path.stem} did not finish in time; its log ends with:\n{_tail(log_path)}") from None
-    if code != 0:
+    if code not in ok:
         raise PipelineError(f"{log_path.stem} exited with code {code}; its log ends with:\n{_tail(log_path)}")

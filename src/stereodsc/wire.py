@@ -29,6 +29,7 @@ from __future__ import annotations
 import enum
 import struct
 import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
 
 from stereodsc.errors import BitstreamError
@@ -256,9 +257,17 @@ def unpack(
         frame = Frame(bundle, quality, rig_id, camera_id, role, seq, t_capture, height, width, tuple(segments))
     except ValueError as e:
         raise MalformedFrameError(f"invalid frame field: {e}") from None
-    if expected_bundle is not None and frame.bundle_id != expected_bundle:
-        raise BundleMismatchError(
-            f"frame encoded with bundle {frame.bundle_id.hex()}..., this host decodes with "
-            f"{expected_bundle.hex()}...: deploy the same bundle on the camera and the host"
-        )
+    if expected_bundle is not None:
+        check_bundle(frame, (expected_bundle,))
     return frame
+
+
+def check_bundle(frame: Frame, accepted: Collection[bytes]) -> None:
+    """Raise BundleMismatchError unless `frame` was encoded with one of the `accepted` bundle ids: a
+    frame is never decoded with other weights or tables than the camera encoded it with."""
+    if frame.bundle_id not in accepted:
+        raise BundleMismatchError(
+            f"frame encoded with bundle {frame.bundle_id.hex()}..., this host decodes "
+            f"{', '.join(b.hex() + '...' for b in accepted)}: deploy the camera's bundle on the host "
+            "([host] bundle or extra_bundles), or the host's on the camera"
+        )

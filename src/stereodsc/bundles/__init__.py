@@ -82,3 +82,13 @@ def describe(folder: Path, verify: bool = False) -> str:
 def default_bundle() -> Path:
     """Folder of the shipped default bundle, or a ConfigError saying how to get one."""
     return resolve_bundle("")
+
+
+def find_shipped(bundle_id: bytes) -> Path | None:
+    """The shipped bundle whose id starts with `bundle_id` (a frame's 8-byte id), or None."""
+    import hashlib
+
+    for folder in shipped_bundles().values():
+        if hashlib.sha256((folder / "manifest.json").read_bytes()).digest().startswith(bundle_id):
+            return folder
+    return None

@@ -3,12 +3,15 @@
 The capture loop never waits for the host: a frame that cannot be queued is dropped and counted
 (`transport.FrameSender`), the link reconnects by itself when the host restarts, and SIGINT or
 SIGTERM stop the loop cleanly after the current frame. A stats line is logged periodically.
+Before the first frame is sent the encoder is warmed up at the camera's frame size (graph session
+opened, entropy coder compiled, the size checked against the bundle's graphs), so no frame waits
+for it. The exit status says whether the camera delivered anything (`run_camera_node`).
 No torch: a camera board installs `stereodsc[edge]` only.
 """
 
 from __future__ import annotations
 
-import hashlib
+import itertools
 import json
 import logging
 import signal
@@ -18,13 +21,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from stereodsc.codec.roles import CodecRole
 from stereodsc.errors import ConfigError
+from stereodsc.records import FrameRecord, stages_ms, symbols_digest
 from stereodsc.tomlio import load_toml, sections
-from stereodsc.wire import Role
 
 log = logging.getLogger("stereodsc.edge")
 
-ROLES = {"reference": Role.REFERENCE, "dependent": Role.DEPENDENT}
+CAMERA_ROLES = tuple(role.camera for role in CodecRole)
+EXIT_DELIVERED, EXIT_NOTHING_DELIVERED = 0, 1
+"""`stereodsc edge` exit statuses (2: a configuration error, as every command): 1 tells a supervisor
+that the camera ran but the host confirmed none of its frames (unreachable, refused key, wrong bundle)."""
 
 
 @dataclass
@@ -90,8 +97,8 @@ def edge_config_from_dict(raw: dict[str, Any], source: str = "<edge config>") ->
         "security": SecuritySection,
     }
     cfg = EdgeConfig(**sections(raw, schema, source))
-    if cfg.camera.role not in ROLES:
-        raise ConfigError(f"{source}: [camera] role = {cfg.camera.role!r}; choose 'reference' or 'dependent'")
+    if cfg.camera.role not in CAMERA_ROLES:
+        raise ConfigError(f"{source}: [camera] role = {cfg.camera.role!r}; choose one of {list(CAMERA_ROLES)}")
     if cfg.link.drain_s < 0 or cfg.link.wait_for_host_s < 0:
         raise ConfigError(f"{source}: [link] drain_s and wait_for_host_s are seconds >= 0")
     sec = cfg.security
@@ -131,22 +138,21 @@ class CameraNode:
     def __init__(self, cfg: EdgeConfig) -> None:
         from stereodsc.bundle import load_bundle
         from stereodsc.bundles import resolve_bundle
-        from stereodsc.edge_encoder.encoder import EdgeEncoder
+        from stereodsc.codec.encoder import EdgeEncoder
         from stereodsc.edge_encoder.sources import open_source
         from stereodsc.security import load_client_curve
         from stereodsc.transport import FrameSender
 
         self.cfg = cfg
         cam = cfg.camera
-        self.role = ROLES[cam.role]
+        self.role = CodecRole.of(cam.role)
         bundle = load_bundle(resolve_bundle(cfg.codec.bundle))
-        codec_role = "intra" if self.role == Role.REFERENCE else "side_info"
-        self.encoder = EdgeEncoder(bundle, codec_role, cfg.codec.quality, cfg.codec.backend)
+        self.encoder = EdgeEncoder(bundle, self.role, cfg.codec.quality, cfg.codec.backend)
         self.rectify = None
         if cam.rig_file:
             from stereodsc.calibration import Rectifier, load_rig
 
-            which: Literal["left", "right"] = "left" if self.role == Role.REFERENCE else "right"
+            which: Literal["left", "right"] = "left" if self.role is CodecRole.INTRA else "right"
             self.rectify = Rectifier.from_rig(load_rig(cam.rig_file), which)
         self.frames = open_source(cam.source, cam.path, cam.drive_camera, cam.loop)
         sec = cfg.security
@@ -170,10 +176,24 @@ class CameraNode:
         """Copy the link's delivery counts into the node's statistics (for the log line and the end)."""
         self.stats.acked, self.stats.lost = self.sender.stats.acked, self.sender.stats.lost
 
+    def _warmed_up(self) -> Iterator[Any]:
+        """The source's frames, the encoder warmed up at the first one's (rectified) size before it is
+        passed on: a size the bundle cannot code stops the camera here, with the sizes it can."""
+        frames = iter(self.frames)
+        first = next(frames, None)
+        if first is None:
+            return iter(())
+        image = self.rectify(first.image) if self.rectify else first.image
+        t0 = time.perf_counter()
+        self.encoder.warm_up(image.shape[:2])
+        log.info("encoder ready for %dx%d frames (warm-up %.2f s)", *image.shape[:2], time.perf_counter() - t0)
+        return itertools.chain([first], frames)
+
     def _paced(self) -> Iterator[Any]:
         period = 1.0 / self.cfg.camera.fps if self.cfg.camera.fps > 0 else 0.0
+        frames = self._warmed_up()
         next_t = time.monotonic()
-        for captured in self.frames:
+        for captured in frames:
             if period:
                 delay = next_t - time.monotonic()
                 if delay > 0:
@@ -209,15 +229,12 @@ class CameraNode:
                 if self._stop:
                     break
                 image = self.rectify(captured.image) if self.rectify else captured.image
-                t0 = time.perf_counter()
                 encoded = self.encoder.encode(image)
-                encode_s = time.perf_counter() - t0
-                self.stats.encode_s += encode_s
+                self.stats.encode_s += sum(encoded.timings.values())
                 frame = self.encoder.frame(
                     encoded,
                     rig_id=cam.rig_id,
                     camera_id=cam.camera_id,
-                    role=self.role,
                     seq=self.seq,
                     t_capture_ns=captured.t_capture_ns,
                 )
@@ -231,17 +248,21 @@ class CameraNode:
                 else:
                     self.stats.dropped += 1
                 if log_file:
-                    digest = hashlib.sha256(encoded.symbols.tobytes()).hexdigest()
-                    record = {
-                        "seq": self.seq,
-                        "sent": ok,
-                        "bytes": len(data),
-                        "payload_bytes": sum(len(seg) for seg in encoded.segments),
-                        "encode_ms": round(encode_s * 1e3, 3),
-                        "t_capture_ns": captured.t_capture_ns,
-                        "symbols": digest,
-                    }
-                    log_file.write(json.dumps(record) + "\n")
+                    record = FrameRecord(
+                        cam.rig_id,
+                        cam.camera_id,
+                        cam.role,
+                        self.seq,
+                        captured.t_capture_ns,
+                        encoded.height,
+                        encoded.width,
+                        len(data),
+                        encoded.payload_bytes,
+                        symbols_digest(encoded.symbols),
+                        stages_ms(encoded.timings),
+                        sent=ok,
+                    )
+                    log_file.write(record.to_json() + "\n")
                     log_file.flush()
                 self.seq = (self.seq + 1) & 0xFFFFFFFF
                 now = time.monotonic()
@@ -273,9 +294,18 @@ class CameraNode:
 
 
 def run_camera_node(config: str | Path) -> int:
-    """Entry point of `stereodsc edge`: run until the source ends or a signal arrives."""
+    """Entry point of `stereodsc edge`: run until the source ends or a signal arrives. Exit status 0
+    when the host confirmed at least one frame, 1 when it confirmed none (`EXIT_NOTHING_DELIVERED`)."""
     node = CameraNode(load_edge_config(config))
     signal.signal(signal.SIGINT, node.stop)
     signal.signal(signal.SIGTERM, node.stop)
-    node.run()
-    return 0
+    stats = node.run()
+    if stats.acked:
+        return EXIT_DELIVERED
+    log.error(
+        "camera delivered nothing: %d captured, %d sent, none confirmed by the host; check [link] endpoint, "
+        "the host's bundles and (with CURVE) that this camera's key is in the host's allowed_keys",
+        stats.captured,
+        stats.sent,
+    )
+    return EXIT_NOTHING_DELIVERED

@@ -12,8 +12,36 @@ bits through the same stream: a unary length prefix (``nb`` zero bits, then a on
 
 from __future__ import annotations
 
+import os
+import tempfile
+from pathlib import Path
+
+import numba
 import numpy as np
 from numba import njit
+
+from stereodsc.errors import ConfigError
+from stereodsc.runtime.cache import cache_dir, ensure_writable
+
+
+def _use_a_writable_numba_cache() -> None:
+    """numba caches compiled kernels next to their source (site-packages: read-only for a service
+    user) or under the home folder; with neither writable the first encode crashed ("cannot cache
+    function: no locator available"). Unless NUMBA_CACHE_DIR chose a folder, use stereodsc's cache
+    folder (systemd's CacheDirectory=), or a private temporary one when that is not writable either.
+    Runs before the kernels below are decorated: numba picks the folder then."""
+    if numba.config.CACHE_DIR:  # type: ignore[attr-defined]
+        return
+    folder = cache_dir("numba")
+    try:
+        ensure_writable(folder, "numba cache")
+    except ConfigError:
+        folder = Path(tempfile.gettempdir()) / f"stereodsc-numba-{os.getuid()}"
+        folder.mkdir(mode=0o700, exist_ok=True)
+    numba.config.CACHE_DIR = str(folder)  # type: ignore[attr-defined]
+
+
+_use_a_writable_numba_cache()
 
 RANS_L = 1 << 23  # lower bound of the normalised state interval [RANS_L, RANS_UPPER)
 RANS_UPPER = 1 << 31

@@ -26,11 +26,12 @@ from typing import Any
 
 import numpy as np
 
-from stereodsc.bundle import FRAME_ROLES, Bundle, Codec, load_bundle, sha256_file
-from stereodsc.edge_encoder.encoder import EdgeEncoder, Encoded
+from stereodsc.bundle import Bundle, Codec, load_bundle, sha256_file
+from stereodsc.codec.decoder import HostDecoder
+from stereodsc.codec.encoder import EdgeEncoder, Encoded
+from stereodsc.codec.roles import CodecRole
 from stereodsc.errors import BitstreamError, ConfigError
 from stereodsc.eval.rd import Record
-from stereodsc.host_decoder.decoder import HostDecoder
 from stereodsc.wire import unpack
 
 log = logging.getLogger(__name__)
@@ -231,7 +232,7 @@ class LearnedCoder:
         encoder = self.encoder(method, quality)
         encoded = encoder.encode(image, estimate=True)
         data = encoder.frame(
-            encoded, rig_id=0, camera_id=list(FRAME_ROLES).index(method.role), seq=seq, t_capture_ns=0
+            encoded, rig_id=0, camera_id=list(CodecRole).index(CodecRole.of(method.role)), seq=seq, t_capture_ns=0
         ).pack()
         if method.bundle.id not in self._decoders:
             self._decoders[method.bundle.id] = HostDecoder(method.bundle)

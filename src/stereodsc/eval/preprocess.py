@@ -1,4 +1,5 @@
-"""Evaluation-protocol image helpers shared by evaluation and the training data pipeline.
+"""Evaluation-protocol image helpers shared by evaluation and the training data pipeline (padding to a
+codec's stride and cropping back are the codec's: `stereodsc.codec.geometry`).
 
 Images are numpy arrays with height and width as the first two axes (HxW or HxWxC).
 """
@@ -62,29 +63,3 @@ def paper_protocol(img: np.ndarray, size: tuple[int, int] = PAPER_SIZE) -> np.nd
     if crop.shape[:2] == (out_h, out_w):
         return np.ascontiguousarray(crop)
     return cv2.resize(np.ascontiguousarray(crop), (out_w, out_h), interpolation=cv2.INTER_AREA)
-
-
-def pad_to_multiple(img: np.ndarray, m: int) -> tuple[np.ndarray, tuple[int, int]]:
-    """Pad bottom and right by edge replication so both sides are multiples of ``m``.
-
-    Returns the padded image and the original (h, w), for ``crop`` after decoding (the codecs'
-    stride-2 stages need sides divisible by 16, or 64 with a hyperprior).
-    """
-    img = _check_image(img)
-    if m <= 0:
-        raise ConfigError(f"pad_to_multiple needs a positive multiple, got {m}")
-    h, w = img.shape[:2]
-    pad_h, pad_w = -h % m, -w % m
-    if pad_h == 0 and pad_w == 0:
-        return img, (h, w)
-    pad = [(0, pad_h), (0, pad_w)] + [(0, 0)] * (img.ndim - 2)
-    return np.pad(img, pad, mode="edge"), (h, w)
-
-
-def crop(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Top-left ``size`` = (h, w) of a padded image: undoes ``pad_to_multiple``."""
-    img = _check_image(img)
-    h, w = size
-    if not (0 < h <= img.shape[0] and 0 < w <= img.shape[1]):
-        raise DataError(f"cannot crop {h}x{w} from an image of {img.shape[0]}x{img.shape[1]}")
-    return img[:h, :w]

@@ -21,7 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from stereodsc.bundle import GraphSessions
+from stereodsc.codec.decoder import NEUTRAL_SIDE
+from stereodsc.codec.geometry import crop, pad, padded_size
+from stereodsc.codec.sessions import GraphSessions
 from stereodsc.errors import DataError
 from stereodsc.eval.learned import (
     EvalPair,
@@ -31,19 +33,13 @@ from stereodsc.eval.learned import (
     matching_quality,
     quality_label,
 )
-from stereodsc.eval.preprocess import crop, pad_to_multiple
 from stereodsc.eval.rd import Record
-from stereodsc.host_decoder.decoder import NEUTRAL_SIDE
 from stereodsc.images import write_rgb
 
 log = logging.getLogger(__name__)
 
 COMMON_INFORMATION_MODELS = ("ndic", "ndic_cam")
 """Models whose decoder splits into x's private latent and the common information w = f(y)."""
-
-
-def _padded(image: np.ndarray, stride: int) -> np.ndarray:
-    return np.ascontiguousarray(pad_to_multiple(image, stride)[0])
 
 
 def _panel(path: Path, items: Sequence[tuple[str, np.ndarray]]) -> Path:
@@ -85,11 +81,11 @@ def information_images(
         folder = out_dir / method.name / quality_label(point.index)
         for pair in pairs:
             h, w = pair.x.shape[:2]
-            host = point.host.path(*codec.padded_size(h, w))
+            host = point.host.path(*padded_size((h, w), codec.stride))
             if host is None:
                 raise DataError(f"{method.name}: no host graph for {h}x{w} images; re-export the bundle for this size")
             symbols = coder.encoder(method, point.index).encode(pair.x).symbols[None]
-            side = _padded(pair.y, codec.stride)[None]
+            side = pad(pair.y, codec.stride)[None]
             outputs = {
                 "decoded": _host_decode(sessions, host, symbols, side, (h, w)),
                 "private": _host_decode(sessions, host, symbols, np.full_like(side, NEUTRAL_SIDE), (h, w)),
@@ -124,7 +120,7 @@ def dsin_images(method: LearnedMethod, pairs: Sequence[EvalPair], out_dir: Path)
         folder = out_dir / method.name / quality_label(index)
         for pair in pairs:
             h, w = pair.x.shape[:2]
-            x, y = (to_float(torch.from_numpy(_padded(img, model.stride))[None]) for img in (pair.x, pair.y))
+            x, y = (to_float(torch.from_numpy(pad(img, model.stride))[None]) for img in (pair.x, pair.y))
             with torch.no_grad():
                 out = model(x, y)
             images = {k: np.ascontiguousarray(crop(to_uint8(out[k])[0].numpy(), (h, w))) for k in ("x_dec", "side_syn")}

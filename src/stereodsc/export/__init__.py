@@ -18,6 +18,7 @@ What each model exports (all graphs opset 18 by default, torch's dynamo exporter
 """
 
 from stereodsc.export.exporter import DEFAULT_SIZES, ExportReport, ParityError, export_bundle
+from stereodsc.export.on_the_fly import open_model
 from stereodsc.export.parity import ParityResult
 
-__all__ = ["DEFAULT_SIZES", "ExportReport", "ParityError", "ParityResult", "export_bundle"]
+__all__ = ["DEFAULT_SIZES", "ExportReport", "ParityError", "ParityResult", "export_bundle", "open_model"]

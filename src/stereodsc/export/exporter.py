@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from stereodsc import __version__
-from stereodsc.bundle import ANY_SIZE, ROLES, load_bundle, size_key, write_manifest
+from stereodsc.bundle import ANY_SIZE, LICENCE_FILE, ROLES, load_bundle, size_key, write_manifest
+from stereodsc.codec.geometry import padded_size
 from stereodsc.entropy import CdfTables, IntegerScaleNet, build_tables
 from stereodsc.errors import CheckpointError, ConfigError, StereoDSCError
 from stereodsc.export.graphs import (
@@ -44,7 +45,6 @@ from stereodsc.export.graphs import (
     fixed_size_reason,
     host_input_names,
     latent_names,
-    padded_size,
     round_weights_to_half,
     store_weights_half,
     to_float,
@@ -308,6 +308,7 @@ def export_bundle(
     weights: str = "float16",
     overwrite: bool = False,
     progress: bool = True,
+    licence: Path | None = None,
 ) -> ExportReport:
     """Export checkpoints into a bundle folder `out` and check every graph against torch.
 
@@ -319,7 +320,8 @@ def export_bundle(
     summation order, see `stereodsc.export.parity`); False demands identical symbols.
     `weights`: "float16" rounds the convolution kernels to float16 before export and stores them so
     (half the bundle; the graphs still compute in float32, parity is checked against the rounded
-    model), "float32" keeps the trained values.
+    model), "float32" keeps the trained values. `licence`: a text file copied into the bundle as
+    LICENSE.txt (hashed like every file): the terms of the weights travel with them.
     Raises ParityError (nothing written) on any other difference or if the host output drifts.
     """
     t0 = time.perf_counter()
@@ -420,6 +422,8 @@ def export_bundle(
                 "weights": weights,
                 "qualities": qualities,
             }
+        if licence is not None:
+            shutil.copyfile(licence, folder / LICENCE_FILE)
         manifest = {"codecs": codecs, "opset": opset, "producer": _versions()}
         bundle_id = write_manifest(folder, manifest)
         load_bundle(folder)  # what a camera or host will do first: fail here, not there

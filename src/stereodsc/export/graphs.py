@@ -68,11 +68,6 @@ class HostGraph(nn.Module):
         return to_uint8(self.model.synthesis({"y": y.to(torch.float32)}, side_float))
 
 
-def padded_size(size: tuple[int, int], stride: int) -> tuple[int, int]:
-    """(H, W) of an image of `size` after ``pad_to_multiple(image, stride)``."""
-    return -(-size[0] // stride) * stride, -(-size[1] // stride) * stride
-
-
 def host_input_names(model: CompressionModel) -> tuple[str, ...]:
     return ("y", SIDE_INPUT) if model.uses_side_info else ("y",)
 
@@ -168,7 +163,7 @@ def _drop_debug_metadata(model: Any) -> None:
     nodes: stack traces with absolute source paths and line numbers, FX node dumps, and a range
     constraint dict whose order follows Python's per-process string hashing). They made the same
     model export to different bytes in another process or checkout, hence another bundle id, so a
-    checkpoint exported on the fly on a camera and on a host (`stereodsc.bundle.open_model`) disagreed.
+    checkpoint exported on the fly on a camera and on a host (`stereodsc.export.open_model`) disagreed.
     """
     model.metadata_props.clear()
     for graph in (*model.graphs(), *model.functions.values()):

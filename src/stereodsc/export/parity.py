@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from stereodsc.codec.geometry import pad, padded_size
 from stereodsc.entropy import CdfTables, IntegerScaleNet
 from stereodsc.eval.metrics import psnr
-from stereodsc.eval.preprocess import pad_to_multiple, paper_protocol
-from stereodsc.export.graphs import SIDE_INPUT, host_input_names, latent_names, padded_size, to_float, to_uint8
+from stereodsc.eval.preprocess import paper_protocol
+from stereodsc.export.graphs import SIDE_INPUT, host_input_names, latent_names, to_float, to_uint8
 from stereodsc.export.scale_path_export import ScalePathParity, scale_path_parity
 from stereodsc.images import read_rgb
 from stereodsc.models import CompressionModel
@@ -92,7 +93,7 @@ def fit(image: np.ndarray, size: tuple[int, int], stride: int) -> np.ndarray:
     """The sample at image `size` (as is, else paper-protocol crop + resize), padded to `stride`."""
     if image.shape[:2] != tuple(size):
         image = paper_protocol(image, size)
-    return np.ascontiguousarray(pad_to_multiple(image, stride)[0])
+    return pad(image, stride)
 
 
 def _tensor(image: np.ndarray) -> torch.Tensor:

@@ -7,26 +7,32 @@ CURVE handshakes refused by the camera-key allow-list never become messages; the
 Gaps in a camera's sequence numbers (frames lost before they reached the host) are counted too.
 Nothing in the loop can crash the service: an unexpected error while handling one frame is logged
 with its traceback, counted, and the loop goes on.
+
+    receiver --bytes--> parse + bundle check --Frame--> admission (camera caps, rate) --Arrival-->
+        pairer (events) --> decoders (by the frame's bundle id) --DecodedFrame--> sinks (callables)
+
+`HostService` is composed from those parts (tests pass their own); `HostService.from_config` builds
+them from a host config.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import signal
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from stereodsc.errors import BitstreamError, ConfigError
-from stereodsc.host_decoder.metrics import Histogram, MetricsServer, MetricsSnapshot, parse_listen
+from stereodsc.host_decoder.admission import Admission, CameraState
+from stereodsc.host_decoder.metrics import Histogram, MetricsServer, MetricsSnapshot, SnapshotSource, parse_listen
 from stereodsc.host_decoder.pairing import (
     DecodeDependent,
     DecodeReference,
@@ -36,17 +42,15 @@ from stereodsc.host_decoder.pairing import (
     PairingPolicy,
     ReleaseReference,
 )
+from stereodsc.host_decoder.sinks import DecodedFrame, FrameLogSink, PngSink, PublishSink, Sink
 from stereodsc.tomlio import load_toml, sections
-from stereodsc.wire import BundleMismatchError, Frame, Role, seq_delta, unpack
+from stereodsc.wire import Frame, Role, check_bundle, seq_delta, unpack
 
 if TYPE_CHECKING:
+    from stereodsc.codec import HostDecoder
     from stereodsc.transport import ReceiverStats
 
 log = logging.getLogger("stereodsc.host")
-
-MAX_CAMERAS = 4096
-"""Cameras tracked at most (all rigs): frames from further (rig, camera) ids, e.g. a sender making up ids,
-are dropped as "too_many_cameras" unless a stale camera's slot is free, so memory stays bounded."""
 
 
 @dataclass
@@ -65,6 +69,7 @@ class HostSection:
     max_frames_per_s_per_camera: float = 0.0  # token bucket (1 s burst); beyond: dropped "rate_limited" (0: off)
     stale_after_s: float = 0.0  # a camera silent this long is reported stale (log, stats "cameras") (0: off)
     metrics_listen: str = ""  # "host:port": serve Prometheus metrics at http://host:port/metrics (empty: off)
+    warm_sizes: list[str] = field(default_factory=lambda: ["128x256"])  # HxW decoded once at start-up
 
 
 @dataclass
@@ -124,23 +129,6 @@ def load_host_config(path: str | Path) -> HostConfig:
     return host_config_from_dict(load_toml(path), str(path))
 
 
-@dataclass(frozen=True)
-class DecodedFrame:
-    """What a sink receives: the picture and where it came from."""
-
-    frame: Frame
-    image: np.ndarray  # uint8 RGB HxWx3
-    side_info_used: bool
-    wire_bytes: int
-    symbols: np.ndarray  # int32: the decoded y symbols
-    latency_s: float  # from receipt to delivery
-
-    @property
-    def symbols_sha256(self) -> str:
-        """For audits: equal to the camera's frame log entry when the decode was bit-exact."""
-        return hashlib.sha256(self.symbols.tobytes()).hexdigest()
-
-
 class LatencyStats:
     """Per-stage latency samples (the most recent 10,000) and their percentiles, and a histogram of all."""
 
@@ -159,14 +147,6 @@ class LatencyStats:
             out[stage] = {f"p{q}_ms": round(float(np.percentile(arr, q)), 3) for q in (50, 90, 99)}
             out[stage]["count"] = len(arr)
         return out
-
-
-@dataclass
-class CameraState:
-    """What the host knows about one camera: when it was last heard and its rate-limit bucket."""
-
-    last_seen: float  # time.monotonic() of its last parsed frame
-    tokens: float
 
 
 @dataclass
@@ -233,24 +213,108 @@ def _key(frame: Frame) -> tuple[int, int, int, int]:
     return frame.rig_id, frame.camera_id, frame.seq, frame.t_capture_ns
 
 
-class HostService:
-    """Owns the receiver, the pairer, the decoder and the sinks; `run()` serves until stopped."""
+@dataclass(frozen=True)
+class Arrival:
+    """A parsed frame with what the host knew when it arrived, carried through the pairer (which sees
+    the frame's fields through the properties) to the decode."""
 
-    def __init__(self, cfg: HostConfig, callbacks: list[Callable[[DecodedFrame], None]] | None = None) -> None:
+    frame: Frame
+    received_at: float  # time.monotonic() at receipt
+    wire_bytes: int
+
+    @property
+    def rig_id(self) -> int:
+        return self.frame.rig_id
+
+    @property
+    def camera_id(self) -> int:
+        return self.frame.camera_id
+
+    @property
+    def role(self) -> Role:
+        return self.frame.role
+
+    @property
+    def seq(self) -> int:
+        return self.frame.seq
+
+    @property
+    def t_capture_ns(self) -> int:
+        return self.frame.t_capture_ns
+
+
+class Receiver(Protocol):
+    """What the service reads frames from (`transport.FrameReceiver`, or a test's stand-in)."""
+
+    stats: ReceiverStats
+
+    def recv(self, timeout_ms: int) -> bytes | None: ...
+
+    def refused_keys(self) -> list[str]: ...
+
+    def close(self) -> None: ...
+
+
+class HostService:
+    """Receiver, decoders (by bundle id), pairer and sinks, composed; `run()` serves until stopped."""
+
+    def __init__(
+        self,
+        receiver: Receiver,
+        decoders: Mapping[bytes, HostDecoder],
+        pairer: Pairer[Arrival],
+        sinks: Sequence[Sink] = (),
+        *,
+        settings: HostSection | None = None,
+        security: SecuritySection | None = None,
+    ) -> None:
+        if not decoders:
+            raise ConfigError("the host needs at least one bundle to decode with")
+        self.settings = h = settings or HostSection()
+        self.receiver = receiver
+        # A frame names its bundle: each camera may run another one (e.g. the reference camera the
+        # default bundle's intra codec, a dependent camera DSIN's side-information codec).
+        self.decoders = dict(decoders)
+        self.bundle = next(iter(self.decoders.values())).bundle  # the first (configured) bundle
+        self.pairer = pairer
+        self.sinks = list(sinks)
+        self.security = security or SecuritySection()
+        self._last_seq: dict[tuple[int, int], int] = {}
+        self.admission = Admission(
+            h.max_cameras_per_rig, h.max_frames_per_s_per_camera, h.stale_after_s, on_evict=self._forget
+        )
+        self.stats = HostStats(stale_after_s=h.stale_after_s, link=receiver.stats, cameras=self.admission.cameras)
+        self._references: dict[tuple[int, int, int, int], np.ndarray] = {}
+        self._stop = False
+        self._last_error_log: dict[str, float] = {}
+        self._lock = threading.RLock()  # held while the loop updates the stats
+        # A scrape reads the latest snapshot and never waits on a decode (SnapshotSource).
+        self.metrics_source = SnapshotSource(self._lock, lambda: MetricsSnapshot.of(self.stats))
+        self.metrics = MetricsServer(h.metrics_listen, self.metrics_source) if h.metrics_listen else None
+        if self.metrics is not None:
+            log.info("Prometheus metrics at http://%s/metrics", h.metrics_listen)
+
+    @classmethod
+    def from_config(
+        cls, cfg: HostConfig, callbacks: Sequence[Sink] = (), *, receiver: Receiver | None = None
+    ) -> HostService:
+        """Build the parts a host config describes: bundles and their decoders (warmed up), the pairer,
+        the ZeroMQ receiver (unless one is given) and the sinks, followed by `callbacks`."""
         from stereodsc.bundle import load_bundle
         from stereodsc.bundles import resolve_bundle
-        from stereodsc.host_decoder.decoder import HostDecoder
+        from stereodsc.codec import HostDecoder
+        from stereodsc.codec.geometry import parse_size
         from stereodsc.security import load_server_curve
         from stereodsc.transport import DecodedPublisher, FrameReceiver
 
-        self.cfg = cfg
-        self.bundle = load_bundle(resolve_bundle(cfg.host.bundle))
-        bundles = [self.bundle, *(load_bundle(resolve_bundle(b)) for b in cfg.host.extra_bundles)]
-        # A frame names its bundle: each camera may run another one (e.g. the reference camera the
-        # default bundle's intra codec, a dependent camera DSIN's side-information codec).
-        self.decoders = {b.id_bytes: HostDecoder(b, cfg.host.backend) for b in bundles}
-        p = cfg.pairing
-        self.pairer: Pairer[Frame] = Pairer(
+        h, p, sec, sinks_cfg = cfg.host, cfg.pairing, cfg.security, cfg.sinks
+        bundles = [load_bundle(resolve_bundle(b)) for b in [h.bundle, *h.extra_bundles]]
+        decoders = {b.id_bytes: HostDecoder(b, h.backend) for b in bundles}
+        sizes = [parse_size(text, "[host] warm_sizes") for text in h.warm_sizes]
+        t0 = time.perf_counter()
+        runs = sum(decoder.warm_up(sizes) for decoder in decoders.values())
+        log.info("decoders ready: %d graphs warmed up in %.2f s", runs, time.perf_counter() - t0)
+        pairer: Pairer[Arrival] = Pairer(
             tolerance_ns=int(p.tolerance_ms * 1e6),
             deadline_ns=int(p.deadline_ms * 1e6),
             max_pending=p.max_pending,
@@ -258,46 +322,36 @@ class HostService:
             match_by=p.match_by,  # type: ignore[arg-type]
             max_references=p.max_references,
         )
-        sec = cfg.security
-        curve = load_server_curve(sec.server_secret, sec.allowed_keys) if sec.curve else None
-        self.receiver = FrameReceiver(
-            cfg.host.endpoint, rcvhwm=cfg.host.recv_hwm, max_frame_bytes=cfg.host.max_frame_bytes, curve=curve
-        )
-        self.publisher = DecodedPublisher(cfg.sinks.publish) if cfg.sinks.publish else None
-        self.callbacks = list(callbacks or [])
-        self.stats = HostStats(stale_after_s=cfg.host.stale_after_s, link=self.receiver.stats)
-        self._references: dict[tuple[int, int, int, int], np.ndarray] = {}
-        self._arrivals: dict[int, tuple[float, int]] = {}  # id(frame) -> (receipt time, wire bytes)
-        self._last_seq: dict[tuple[int, int], int] = {}
-        self._frame_log = open(cfg.sinks.frame_log, "a") if cfg.sinks.frame_log else None  # noqa: SIM115
-        self._stop = False
-        self._last_error_log: dict[str, float] = {}
-        self._lock = threading.RLock()  # held while the loop updates the stats; a scrape copies them under it
-        self.metrics = MetricsServer(cfg.host.metrics_listen, self.metrics_text) if cfg.host.metrics_listen else None
-        if self.metrics is not None:
-            log.info("Prometheus metrics at http://%s/metrics", cfg.host.metrics_listen)
+        if receiver is None:
+            curve = load_server_curve(sec.server_secret, sec.allowed_keys) if sec.curve else None
+            receiver = FrameReceiver(h.endpoint, rcvhwm=h.recv_hwm, max_frame_bytes=h.max_frame_bytes, curve=curve)
+        sinks: list[Sink] = []
+        if sinks_cfg.png_dir:
+            sinks.append(PngSink(sinks_cfg.png_dir))
+        if sinks_cfg.publish:
+            sinks.append(PublishSink(DecodedPublisher(sinks_cfg.publish)))
+        if sinks_cfg.frame_log:
+            sinks.append(FrameLogSink(sinks_cfg.frame_log))
+        return cls(receiver, decoders, pairer, [*sinks, *callbacks], settings=h, security=sec)
 
     def metrics_text(self) -> str:
-        """The statistics in the Prometheus text format, from a copy taken between two frames."""
-        with self._lock:
-            snapshot = MetricsSnapshot.of(self.stats)
-        return snapshot.render()
+        """The statistics in the Prometheus text format, as a scrape sees them."""
+        return self.metrics_source().render()
 
     def stop(self, *_: object) -> None:
         self._stop = True
 
     # ---- the loop ------------------------------------------------------------------------------
     def run(self) -> HostStats:
-        h = self.cfg.host
+        h = self.settings
         log.info(
             "host listening on %s, bundles %s, policy %s",
             h.endpoint,
             ", ".join(d.bundle.id[:16] for d in self.decoders.values()),
-            self.cfg.pairing.policy,
+            self.pairer.policy.value,
         )
-        sec = self.cfg.security
-        if sec.curve:
-            log.info("CURVE on: cameras are let in by the public keys in %s", sec.allowed_keys)
+        if self.security.curve:
+            log.info("CURVE on: cameras are let in by the public keys in %s", self.security.allowed_keys)
         else:
             log.warning("CURVE off ([security] curve = false): frames are unencrypted and any sender is accepted")
         last_stats = last_rx = time.monotonic()
@@ -316,6 +370,7 @@ class HostService:
                 if h.idle_exit_s and self.stats.received and now - last_rx > h.idle_exit_s:
                     break
                 self.check_liveness(now)
+                self.metrics_source.refresh(now)
                 if now - last_stats >= h.stats_every_s:
                     log.info("host: %s", self.stats.line())
                     last_stats = now
@@ -324,7 +379,7 @@ class HostService:
         return self.stats
 
     def handle(self, data: bytes, received_at: float) -> None:
-        """One message from the wire: parse, account for gaps, pair, act on what pairing says."""
+        """One message from the wire: parse, admit, account for gaps, pair, act on what pairing says."""
         with self._lock:
             self._handle(data, received_at)
 
@@ -333,19 +388,14 @@ class HostService:
         self.stats.bytes_received += len(data)
         try:
             t0 = time.perf_counter()
-            frame = unpack(data, max_frame_bytes=self.cfg.host.max_frame_bytes)
-            if frame.bundle_id not in self.decoders:
-                raise BundleMismatchError(
-                    f"frame encoded with bundle {frame.bundle_id.hex()}..., this host decodes "
-                    f"{', '.join(k.hex() for k in self.decoders)}: deploy the camera's bundle on the host "
-                    "([host] bundle or extra_bundles)"
-                )
+            frame = unpack(data, max_frame_bytes=self.settings.max_frame_bytes)
+            check_bundle(frame, self.decoders)
             self.stats.latency.add("parse", time.perf_counter() - t0)
         except BitstreamError as e:
             self.stats.rejected[type(e).__name__] += 1
             self._log_limited(type(e).__name__, "rejected a frame: %s", e)
             return
-        limited = self._admit(frame, received_at)
+        limited = self.admission.admit((frame.rig_id, frame.camera_id), received_at)
         if limited:
             self.stats.dropped[limited] += 1
             self._log_limited(
@@ -353,10 +403,9 @@ class HostService:
             )
             return
         self._count_gap(frame)
-        self._arrivals[id(frame)] = (received_at, len(data))
-        self.act(self.pairer.push(frame, time.monotonic_ns()))
+        self.act(self.pairer.push(Arrival(frame, received_at, len(data)), time.monotonic_ns()))
 
-    def act(self, events: list[Event[Frame]]) -> None:
+    def act(self, events: list[Event[Arrival]]) -> None:
         with self._lock:
             for event in events:
                 try:
@@ -364,18 +413,15 @@ class HostService:
                 except Exception as e:  # a bug must cost one frame, never the service
                     self.stats.decode_errors[type(e).__name__] += 1
                     log.exception("error while handling %s", type(event).__name__)
-                finally:
-                    if not isinstance(event, ReleaseReference):
-                        self._arrivals.pop(id(event.frame), None)
 
-    def _act(self, event: Event[Frame]) -> None:
+    def _act(self, event: Event[Arrival]) -> None:
         if isinstance(event, DecodeReference):
             image = self._decode(event.frame, None)
             if image is not None:
-                self._references[_key(event.frame)] = image
+                self._references[_key(event.frame.frame)] = image
                 self.stats.decoded_reference += 1
         elif isinstance(event, DecodeDependent):
-            side = self._references.get(_key(event.reference)) if event.reference is not None else None
+            side = self._references.get(_key(event.reference.frame)) if event.reference is not None else None
             if self._decode(event.frame, side) is not None:
                 if side is not None:
                     self.stats.decoded_with_side_info += 1
@@ -384,20 +430,21 @@ class HostService:
                     self.stats.decoded_without_side_info[reason] += 1
         elif isinstance(event, Dropped):
             self.stats.dropped[event.reason.value] += 1
+            f = event.frame.frame
             self._log_limited(
                 f"drop-{event.reason.value}",
                 "dropped camera %d.%d seq %d: %s",
-                event.frame.rig_id,
-                event.frame.camera_id,
-                event.frame.seq,
+                f.rig_id,
+                f.camera_id,
+                f.seq,
                 event.reason.value,
             )
         elif isinstance(event, ReleaseReference):
-            self._references.pop(_key(event.frame), None)
+            self._references.pop(_key(event.frame.frame), None)
 
-    def _decode(self, frame: Frame, side: np.ndarray | None) -> np.ndarray | None:
+    def _decode(self, arrival: Arrival, side: np.ndarray | None) -> np.ndarray | None:
         """Decode and deliver one frame; a corrupt payload is counted and yields None."""
-        t0 = time.perf_counter()
+        frame = arrival.frame
         try:
             decoded = self.decoders[frame.bundle_id].decode(frame, side)
         except BitstreamError as e:
@@ -411,87 +458,34 @@ class HostService:
                 e,
             )
             return None
-        t1 = time.perf_counter()
-        self.stats.latency.add("decode", t1 - t0)
-        received_at, wire_bytes = self._arrivals.get(id(frame), (time.monotonic(), 0))
-        latency = time.monotonic() - received_at
-        out = DecodedFrame(frame, decoded.image, side is not None, wire_bytes, decoded.symbols, latency)
-        self.deliver(out)
-        self.stats.latency.add("total", time.monotonic() - received_at)
+        self.stats.latency.add("decode", sum(decoded.timings.values()))
+        for stage, seconds in decoded.timings.items():
+            self.stats.latency.add(f"decode_{stage}", seconds)
+        latency = time.monotonic() - arrival.received_at
+        out = DecodedFrame(
+            frame, decoded.image, side is not None, arrival.wire_bytes, decoded.symbols, latency, dict(decoded.timings)
+        )
+        for sink in self.sinks:
+            sink(out)
+        self.stats.latency.add("total", time.monotonic() - arrival.received_at)
         return decoded.image
 
-    # ---- sinks ---------------------------------------------------------------------------------
-    def deliver(self, out: DecodedFrame) -> None:
-        f, sinks = out.frame, self.cfg.sinks
-        name = f"rig{f.rig_id}_cam{f.camera_id}_{f.seq:010d}"
-        if sinks.png_dir:
-            from stereodsc.images import write_rgb
-
-            write_rgb(Path(sinks.png_dir) / f"{name}.png", out.image)
-        if self.publisher is not None or self._frame_log is not None:
-            header = {
-                "rig": f.rig_id,
-                "camera": f.camera_id,
-                "role": Role(f.role).name.lower(),
-                "seq": f.seq,
-                "t_capture_ns": f.t_capture_ns,
-                "height": int(out.image.shape[0]),
-                "width": int(out.image.shape[1]),
-                "side_info": out.side_info_used,
-                "bytes": out.wire_bytes,
-                "latency_ms": round(out.latency_s * 1e3, 3),
-            }
-            if self.publisher is not None:
-                topic = f"rig{f.rig_id}.cam{f.camera_id}".encode()
-                self.publisher.publish(topic, json.dumps(header).encode(), out.image.tobytes())
-            if self._frame_log is not None:
-                self._frame_log.write(json.dumps(header | {"symbols": out.symbols_sha256}) + "\n")
-                self._frame_log.flush()
-        for callback in self.callbacks:
-            callback(out)
-
     # ---- helpers -------------------------------------------------------------------------------
-    def _admit(self, frame: Frame, now: float) -> str | None:
-        """Apply ``max_cameras_per_rig`` (and `MAX_CAMERAS` in all) and the per-camera rate limit;
-        the drop reason, or None. A stale camera's slot goes to a new camera."""
-        h, cameras = self.cfg.host, self.stats.cameras
-        cam = (frame.rig_id, frame.camera_id)
-        state = cameras.get(cam)
-        if state is None:
-            rig = [k for k in cameras if k[0] == frame.rig_id] if h.max_cameras_per_rig else []
-            pool = rig if h.max_cameras_per_rig and len(rig) >= h.max_cameras_per_rig else None
-            if pool is None and len(cameras) >= MAX_CAMERAS:
-                pool = list(cameras)
-            if pool is not None:
-                stale = set(self.stats.stale_cameras(now))
-                evictable = [k for k in pool if f"{k[0]}.{k[1]}" in stale]
-                if not evictable:
-                    return "too_many_cameras"
-                del cameras[evictable[0]]
-                self._last_seq.pop(evictable[0], None)
-            state = cameras[cam] = CameraState(now, max(1.0, h.max_frames_per_s_per_camera))
-        rate = h.max_frames_per_s_per_camera
-        if rate:
-            state.tokens = min(max(1.0, rate), state.tokens + (now - state.last_seen) * rate)
-        state.last_seen = now
-        if rate:
-            if state.tokens < 1.0:
-                return "rate_limited"
-            state.tokens -= 1.0
-        return None
-
     def check_liveness(self, now: float) -> None:
         """Log (once per interval) the cameras silent for longer than ``stale_after_s``."""
         stale = self.stats.stale_cameras(now)
         if stale:
-            self._log_limited("stale", "stale cameras (silent > %.1f s): %s", self.cfg.host.stale_after_s, stale)
+            self._log_limited("stale", "stale cameras (silent > %.1f s): %s", self.settings.stale_after_s, stale)
 
     def check_refused(self) -> None:
         """Count and log (once per interval) the camera keys the CURVE allow-list refused."""
         for key in self.receiver.refused_keys():
             with self._lock:
                 self.stats.refused_keys[key] += 1
-            self._log_limited("refused-key", "refused camera key %s: not in %s", key, self.cfg.security.allowed_keys)
+            self._log_limited("refused-key", "refused camera key %s: not in %s", key, self.security.allowed_keys)
+
+    def _forget(self, cam: tuple[int, int]) -> None:
+        self._last_seq.pop(cam, None)
 
     def _count_gap(self, frame: Frame) -> None:
         cam = (frame.rig_id, frame.camera_id)
@@ -506,7 +500,7 @@ class HostService:
     def _log_limited(self, key: str, msg: str, *args: object) -> None:
         """Log at most once per stats interval per kind of problem: no floods from a broken sender."""
         now = time.monotonic()
-        if now - self._last_error_log.get(key, -1e9) >= self.cfg.host.stats_every_s:
+        if now - self._last_error_log.get(key, -1e9) >= self.settings.stats_every_s:
             self._last_error_log[key] = now
             log.warning(msg + " (further ones are counted, logged once per interval)", *args)
 
@@ -514,18 +508,18 @@ class HostService:
         if self.metrics is not None:
             self.metrics.close()
         log.info("host stopped: %s", self.stats.line())
-        if self.cfg.host.stats_file:
-            Path(self.cfg.host.stats_file).write_text(json.dumps(self.stats.as_dict(), indent=2))
+        if self.settings.stats_file:
+            Path(self.settings.stats_file).write_text(json.dumps(self.stats.as_dict(), indent=2))
         self.receiver.close()
-        if self.publisher is not None:
-            self.publisher.close()
-        if self._frame_log is not None:
-            self._frame_log.close()
+        for sink in self.sinks:
+            close = getattr(sink, "close", None)
+            if close is not None:
+                close()
 
 
 def run_host_service(config: str | Path) -> int:
     """Entry point of `stereodsc host`: serve until SIGINT/SIGTERM (or the configured limits)."""
-    service = HostService(load_host_config(config))
+    service = HostService.from_config(load_host_config(config))
     signal.signal(signal.SIGINT, service.stop)
     signal.signal(signal.SIGTERM, service.stop)
     service.run()

@@ -1,8 +1,8 @@
 """Host-side codec: wire frame -> rANS decode -> host ONNX graph (+ side image) -> uint8 image.
 
-Latents are decoded in segment order; a scale-hyperprior codec's y is decoded with the table rows
-the bundle's integer scale net computes from the z decoded just before (never a float h_s), so the
-rows are the ones the camera encoded with, whatever hardware either side runs on.
+    Frame --check bundle/role/quality/size--> segments --rANS (z first; y's rows from the integer
+        scale net on the decoded z)--> y int32 --host graph (g_s; with the padded side image for a
+        side-information codec)--> x_hat uint8 (padded) --crop--> the frame's original size
 
 No torch. Every way a received frame can fail to decode (foreign bundle, unknown role or quality,
 impossible size, corrupt payload, unusable side image) raises a `BitstreamError` subclass, so the
@@ -11,27 +11,20 @@ host service counts and drops the frame instead of crashing.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from stereodsc import entropy
-from stereodsc.bundle import (
-    FRAME_ROLES,
-    MAX_PIXELS,
-    Bundle,
-    Codec,
-    Coding,
-    GraphSessions,
-    QualityPoint,
-    check_rgb,
-    open_model,
-)
+from stereodsc.bundle import Bundle, Codec, QualityPoint
+from stereodsc.codec.coding import Coding, load_coding
+from stereodsc.codec.geometry import MAX_PIXELS, Size, check_rgb, crop, format_size, pad, padded_size
+from stereodsc.codec.roles import CodecRole
+from stereodsc.codec.sessions import GraphSessions
 from stereodsc.errors import BitstreamError, BundleError, ConfigError, DataError
-from stereodsc.eval.preprocess import crop, pad_to_multiple
-from stereodsc.wire import BundleMismatchError, Frame, unpack
+from stereodsc.wire import Frame, check_bundle
 
 NEUTRAL_SIDE = 128
 """Grey level of the side image used when a dependent frame is decoded without side information
@@ -52,6 +45,7 @@ class Decoded:
     symbols: np.ndarray  # int32 [M, h, w]: the decoded y symbols
     side_info_used: bool  # False for reference frames and for dependents decoded with the grey side
     latents: Mapping[str, np.ndarray] = field(default_factory=dict)  # every decoded latent (z too), int32 [C, h, w]
+    timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage: "entropy", "graph"
 
 
 class HostDecoder:
@@ -68,9 +62,8 @@ class HostDecoder:
 
     def codec_for(self, frame: Frame) -> Codec:
         """The codec that decodes `frame`: reference frames -> "intra", dependent -> "side_info"."""
-        role = next(r for r, wire_role in FRAME_ROLES.items() if wire_role == frame.role)
         try:
-            return self.bundle.codec(role)
+            return self.bundle.codec(CodecRole.from_wire(frame.role))
         except BundleError as e:
             raise UndecodableFrameError(f"{frame.role.name} frame: {e}") from None
 
@@ -81,8 +74,33 @@ class HostDecoder:
             raise UndecodableFrameError(f"{frame.role.name} frame: {e}; the camera runs another bundle?") from None
         key = (codec.role, frame.quality)
         if key not in self._coding:
-            self._coding[key] = codec.load_coding(point)
+            self._coding[key] = load_coding(codec, point)
         return point, self._coding[key]
+
+    def warm_up(self, sizes: Iterable[Size] = ((64, 128),)) -> int:
+        """Decode an all-zero frame of every codec and quality at every size the host graphs run at:
+        loads every session and table and compiles the entropy decoder before the first camera frame,
+        so no frame waits for it. Returns how many graphs were run."""
+        runs = 0
+        for role, codec in self.bundle.codecs.items():
+            for point in codec.qualities:
+                for size in sizes:
+                    if point.host.path(*padded_size(size, codec.stride)) is None:
+                        continue
+                    self.decode(self._zero_frame(CodecRole.of(role), codec, point, size))
+                    runs += 1
+        return runs
+
+    def _zero_frame(self, role: CodecRole, codec: Codec, point: QualityPoint, size: Size) -> Frame:
+        coding = load_coding(codec, point)
+        shapes = codec.latent_shapes(*padded_size(size, codec.stride))
+        coded: dict[str, np.ndarray] = {}
+        segments = []
+        for latent in codec.latents:
+            coded[latent.name] = np.zeros(shapes[latent.name], np.int32)
+            rows = coding.rows(latent, shapes[latent.name], coded)
+            segments.append(entropy.encode(coded[latent.name], rows, coding.tables[latent.name]))
+        return Frame(self.bundle.id_bytes, point.index, 0, 0, role.wire, 0, 0, size[0], size[1], tuple(segments))
 
     def decode(self, frame: Frame, side: np.ndarray | None = None) -> Decoded:
         """Decode `frame`; `side` is the decoded reference image (same size) for dependent frames.
@@ -90,11 +108,7 @@ class HostDecoder:
         A dependent frame without `side` is decoded with a grey side image (the "decode without
         side information" policy): lower quality, marked ``side_info_used=False``.
         """
-        if frame.bundle_id != self.bundle.id_bytes:
-            raise BundleMismatchError(
-                f"frame encoded with bundle {frame.bundle_id.hex()}..., this host decodes with "
-                f"{self.bundle.id[:16]}...: deploy the same bundle on the camera and the host"
-            )
+        check_bundle(frame, (self.bundle.id_bytes,))
         codec = self.codec_for(frame)
         point, coding = self._point(codec, frame)
         if side is not None and not codec.uses_side_info:
@@ -102,17 +116,18 @@ class HostDecoder:
                 f"{frame.role.name} frames ({codec.model}, {codec.role}) decode without side information: "
                 "pass side=None"
             )
-        ph, pw = codec.padded_size(frame.height, frame.width)
+        size = (frame.height, frame.width)
+        ph, pw = padded_size(size, codec.stride)
         if ph * pw > self.max_pixels:
             raise UndecodableFrameError(
-                f"frame declares {frame.height}x{frame.width} pixels, over this host's max_pixels="
+                f"frame declares {format_size(size)} pixels, over this host's max_pixels="
                 f"{self.max_pixels}: raise it if such cameras are expected"
             )
         host = point.host.path(ph, pw)
         if host is None:
             raise UndecodableFrameError(
-                f"{codec.model}'s host graph in this bundle runs at {point.host.describe()} (padded), "
-                f"the frame is {frame.height}x{frame.width} ({ph}x{pw} padded): re-export the bundle for it"
+                f"{codec.model}'s host graph in this bundle runs at {point.host.describe()} (HxW, padded), "
+                f"the frame is {format_size(size)} ({ph}x{pw} padded): re-export the bundle for it"
             )
         shapes = codec.latent_shapes(ph, pw)
         if len(frame.segments) != len(shapes):
@@ -120,14 +135,16 @@ class HostDecoder:
                 f"frame has {len(frame.segments)} payload segments, the {codec.role} codec sends "
                 f"{len(shapes)} ({', '.join(shapes)})"
             )
+        t0 = time.perf_counter()
         latents: dict[str, np.ndarray] = {}
         for latent, segment in zip(codec.latents, frame.segments, strict=True):
             shape = shapes[latent.name]
             rows = coding.rows(latent, shape, latents)  # the scale net reads the z decoded just before
             latents[latent.name] = entropy.decode(segment, rows, coding.tables[latent.name])
+        t1 = time.perf_counter()
         inputs = {"y": latents["y"][None]}  # the host graph reads y (+ side); z only chose y's rows
         if codec.uses_side_info:
-            inputs["side"] = self._side(side, frame, codec)[None]
+            inputs["side"] = self._side(side, size, codec)[None]
         image = self._sessions.run(host, inputs)["image"]
         if image.dtype != np.uint8 or image.shape != (1, ph, pw, 3):
             raise BundleError(
@@ -135,56 +152,25 @@ class HostDecoder:
                 "the bundle is inconsistent; re-export it"
             )
         return Decoded(
-            crop(image[0], (frame.height, frame.width)),
+            crop(image[0], size),
             latents["y"],
             codec.uses_side_info and side is not None,
             latents,
+            {"entropy": t1 - t0, "graph": time.perf_counter() - t1},
         )
 
     @staticmethod
-    def _side(side: np.ndarray | None, frame: Frame, codec: Codec) -> np.ndarray:
+    def _side(side: np.ndarray | None, size: Size, codec: Codec) -> np.ndarray:
         """The side image padded like the frame was, or the neutral grey one when there is none."""
         if side is None:
-            return np.full((*codec.padded_size(frame.height, frame.width), 3), NEUTRAL_SIDE, np.uint8)
+            return np.full((*padded_size(size, codec.stride), 3), NEUTRAL_SIDE, np.uint8)
         try:
             side = check_rgb(side, "side image")
         except DataError as e:
             raise SideImageError(str(e)) from None
-        if side.shape[:2] != (frame.height, frame.width):
+        if side.shape[:2] != size:
             raise SideImageError(
-                f"side image is {side.shape[0]}x{side.shape[1]}, the frame is {frame.height}x{frame.width}: "
-                "pass the decoded reference frame of the same rig (both cameras rectified to one size)"
+                f"side image is {format_size(side.shape[:2])}, the frame is {format_size(size)}: pass the "
+                "decoded reference frame of the same rig (both cameras rectified to one size)"
             )
-        return np.ascontiguousarray(pad_to_multiple(side, codec.stride)[0])
-
-
-def decode_file(frame_path: Path, model: Path, side: Path | None, out_png: Path) -> str:
-    """``stereodsc decode``: one wire frame file (+ the side image file) -> PNG; returns a summary.
-
-    `model` is the bundle folder the frame was encoded with (or the same checkpoint). The side
-    image is required exactly when the frame's codec uses side information.
-    """
-    from stereodsc.images import read_rgb, write_rgb  # opencv: only for files
-
-    path = Path(frame_path)
-    if not path.is_file():
-        raise DataError(f"frame file not found: {path}")
-    frame = unpack(path.read_bytes())
-    with open_model(model, (frame.height, frame.width)) as bundle:
-        decoder = HostDecoder(bundle)
-        codec = decoder.codec_for(frame)
-        if codec.uses_side_info and side is None:
-            raise ConfigError(
-                f"{path} is a {frame.role.name} frame of {codec.model}, which decodes with side information: "
-                "pass --side with the decoded reference image"
-            )
-        if side is not None and not codec.uses_side_info:
-            raise ConfigError(
-                f"{path} is a {frame.role.name} frame of {codec.model}, which uses no side information: drop --side"
-            )
-        decoded = decoder.decode(frame, None if side is None else read_rgb(Path(side)))
-    write_rgb(Path(out_png), decoded.image)
-    return (
-        f"{path} -> {out_png}: {codec.model} {codec.role} q{frame.quality}, {frame.width}x{frame.height}, "
-        f"payload {frame.payload_size} B, side information {'used' if decoded.side_info_used else 'none'}"
-    )
+        return pad(side, codec.stride)

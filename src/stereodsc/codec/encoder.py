@@ -1,37 +1,34 @@
 """Camera-side codec: uint8 image -> edge ONNX graph -> int32 symbols -> rANS -> wire frame.
 
+    image (uint8 HxWx3) --pad--> edge graph (g_a [+ h_a], rounding inside) --> y [, z] int32
+        --> rANS with the bundle's integer tables (z first; y's rows from the integer scale net on z)
+        --> segments --> Frame (bundle id, quality, role, rig/camera ids, seq, capture time, size)
+
 numpy, onnxruntime (through `stereodsc.runtime`), the numba rANS coder and the bundle's integer
-tables: no torch, so it runs on a camera board with ``stereodsc[edge]``. A scale-hyperprior codec
-codes z first, then y with the table rows its integer scale net computes from that integer z
-(`stereodsc.bundle.Coding`): the host recomputes the same rows from the z it decodes.
+tables: no torch, so it runs on a camera board with ``stereodsc[edge]``.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
 from stereodsc import entropy
-from stereodsc.bundle import (
-    FRAME_ROLES,
-    MAX_PIXELS,
-    Bundle,
-    GraphSessions,
-    check_rgb,
-    open_model,
-)
+from stereodsc.bundle import Bundle
+from stereodsc.codec.coding import load_coding
+from stereodsc.codec.geometry import MAX_PIXELS, Size, check_rgb, format_size, pad, padded_size
+from stereodsc.codec.roles import CodecRole
+from stereodsc.codec.sessions import GraphSessions
 from stereodsc.errors import BundleError, ConfigError, DataError
-from stereodsc.eval.metrics import bpp
-from stereodsc.eval.preprocess import pad_to_multiple
 from stereodsc.wire import Frame, Role
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """One encoded image: the wire segments and what produced them."""
+    """One encoded image: the wire segments, the latents they code and how long each stage took."""
 
     segments: tuple[bytes, ...]  # one rANS payload per latent, in the codec's order
     symbols: np.ndarray  # int32 [M, h, w]: the y symbols that were coded
@@ -39,6 +36,7 @@ class Encoded:
     width: int
     estimated_bits: float | None = None  # information content under the integer tables, if asked
     latents: Mapping[str, np.ndarray] = field(default_factory=dict)  # every coded latent (z too), int32 [C, h, w]
+    timings: Mapping[str, float] = field(default_factory=dict)  # seconds per stage: "graph", "entropy"
 
     @property
     def payload_bytes(self) -> int:
@@ -55,7 +53,7 @@ class EdgeEncoder:
     def __init__(
         self,
         bundle: Bundle,
-        role: str,
+        role: str | CodecRole,
         quality: int,
         backend: str = "cpu",
         *,
@@ -63,14 +61,33 @@ class EdgeEncoder:
         max_pixels: int = MAX_PIXELS,
     ) -> None:
         self.bundle = bundle
-        self.role = role
-        self.codec = bundle.codec(role)
+        self.role = CodecRole.of(role)
+        self.codec = bundle.codec(self.role)
         self.quality = quality
         self.point = self.codec.quality(quality)
-        self.coding = self.codec.load_coding(self.point)
+        self.coding = load_coding(self.codec, self.point)
         self.tables = self.coding.tables
         self.max_pixels = max_pixels
         self._sessions = GraphSessions(bundle, backend, threads)
+
+    def check_size(self, size: Size) -> None:
+        """Refuse an image size this bundle cannot code end to end: the edge graph must run at its
+        padded size, and so must the host graph that will decode it (DSIN's is per size)."""
+        padded = padded_size(size, self.codec.stride)
+        for part, graph in (("edge", self.point.edge), ("host", self.point.host)):
+            if graph.path(*padded) is None:
+                raise DataError(
+                    f"{self.codec.model}'s {part} graph in bundle {self.bundle.path.name} runs at "
+                    f"{graph.describe()} (HxW, padded), the image {format_size(size)} pads to "
+                    f"{format_size(padded)}: resize the camera frames to one of those, or re-export the bundle "
+                    "for this size (stereodsc export --size HxW)"
+                )
+
+    def warm_up(self, size: Size) -> None:
+        """Code one grey image of `size`: opens the graph session and compiles the entropy coder, so
+        the first real frame is not late (a camera calls this before its capture loop starts)."""
+        self.check_size(size)
+        self.encode(np.full((*size, 3), 128, np.uint8))
 
     def encode(self, image: np.ndarray, *, estimate: bool = False) -> Encoded:
         """uint8 HxWx3 RGB -> Encoded (padded to the codec's stride here; the host crops back).
@@ -80,16 +97,15 @@ class EdgeEncoder:
         """
         image = check_rgb(image, "image", self.max_pixels)
         height, width = image.shape[:2]
-        padded = np.ascontiguousarray(pad_to_multiple(image, self.codec.stride)[0])
+        t0 = time.perf_counter()
+        padded = pad(image, self.codec.stride)
         ph, pw = padded.shape[:2]
         path = self.point.edge.path(ph, pw)
         if path is None:
-            raise DataError(
-                f"{self.codec.model}'s edge graph in this bundle runs at {self.point.edge.describe()} "
-                f"(padded), the image pads to {ph}x{pw}: resize the camera frames, or re-export the "
-                "bundle for this size"
-            )
+            self.check_size((height, width))  # raises, naming the sizes the bundle has
+        assert path is not None
         outputs = self._sessions.run(path, {"image": padded[None]})
+        t1 = time.perf_counter()
         shapes = self.codec.latent_shapes(ph, pw)
         segments, bits = [], 0.0
         coded: dict[str, np.ndarray] = {}  # latents coded so far: a hyperprior's y rows come from its z
@@ -107,7 +123,8 @@ class EdgeEncoder:
             if estimate:
                 bits += entropy.ideal_bits(symbols[0], indexes, self.tables[name])
             coded[name] = symbols[0]
-        return Encoded(tuple(segments), coded["y"], height, width, bits if estimate else None, coded)
+        timings = {"graph": t1 - t0, "entropy": time.perf_counter() - t1}
+        return Encoded(tuple(segments), coded["y"], height, width, bits if estimate else None, coded, timings)
 
     def frame(
         self,
@@ -120,7 +137,7 @@ class EdgeEncoder:
         t_capture_ns: int,
     ) -> Frame:
         """The wire frame of `encoded` (this bundle's id and quality; role from the codec)."""
-        expected = FRAME_ROLES[self.role]
+        expected = self.role.wire
         if role is not None and role != expected:
             raise ConfigError(
                 f"the {self.role} codec's frames are {expected.name} frames, not {Role(role).name}: "
@@ -137,41 +154,4 @@ class EdgeEncoder:
             encoded.height,
             encoded.width,
             encoded.segments,
-        )
-
-
-def encode_file(model: Path, quality: int, image: Path, out: Path, role: str | None = None) -> str:
-    """``stereodsc encode``: one image file -> one wire frame file; returns a one-line summary.
-
-    `model` is a bundle folder, or a checkpoint (exported on the fly; slow, for trying a model).
-    `role` picks the codec when the bundle has both ("intra" or "side_info").
-    """
-    from stereodsc.images import read_rgb  # opencv: only for files
-
-    pixels = read_rgb(Path(image))
-    with open_model(model, pixels.shape[:2]) as bundle:
-        if role is None:
-            if len(bundle.codecs) > 1:
-                raise ConfigError(
-                    f"{model} has codecs {sorted(bundle.codecs)}: pass --role intra (reference camera) or "
-                    "--role side_info (dependent camera)"
-                )
-            role = next(iter(bundle.codecs))
-        encoder = EdgeEncoder(bundle, role, quality)
-        encoded = encoder.encode(pixels)
-        frame = encoder.frame(
-            encoded,
-            rig_id=0,
-            camera_id=list(FRAME_ROLES).index(role),
-            seq=0,
-            t_capture_ns=Path(image).stat().st_mtime_ns,
-        )
-        data = frame.pack()
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_bytes(data)
-        h, w = encoded.height, encoded.width
-        return (
-            f"{image} ({w}x{h}) -> {out}: {encoder.codec.model} {role} q{quality}, payload "
-            f"{encoded.payload_bytes} B ({bpp(encoded.payload_bytes, h, w):.4f} bpp), frame {len(data)} B "
-            f"({bpp(len(data), h, w):.4f} bpp), bundle {bundle.id[:16]}"
         )

@@ -1,0 +1,36 @@
+"""Inference sessions of a bundle's graphs, each opened once and reused for every frame."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from stereodsc.bundle import Bundle
+from stereodsc.runtime import Session, open_session
+
+
+class GraphSessions:
+    """Sessions keyed by graph file (and, for native TensorRT, whose engines have fixed optimisation
+    profiles, by input shapes); the onnxruntime backends take any shape a dynamic graph accepts."""
+
+    def __init__(self, bundle: Bundle, backend: str = "cpu", threads: int = 0, cache_dir: Path | None = None) -> None:
+        self.bundle = bundle
+        self.backend = backend
+        self.threads = threads
+        self.cache_dir = cache_dir  # TensorRT engine cache
+        self._sessions: dict[tuple[Path, tuple[tuple[str, tuple[int, ...]], ...]], Session] = {}
+
+    def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shapes = tuple(sorted((k, v.shape) for k, v in inputs.items())) if self.backend == "tensorrt" else ()
+        key = (path, shapes)
+        if key not in self._sessions:
+            self._sessions[key] = open_session(
+                path,
+                self.backend,
+                cache_dir=self.cache_dir,
+                cache_key=f"{self.bundle.id}:{path.relative_to(self.bundle.path).as_posix()}",
+                threads=self.threads,
+                profiles={k: (s, s, s) for k, s in shapes} or None,
+            )
+        return self._sessions[key].run(inputs)

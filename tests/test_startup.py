@@ -1,0 +1,58 @@
+"""Start-up: compiled kernels are cached where a service user can write, and the codecs warm up
+before the first frame, so no frame is lost to start-up."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from stereodsc.bundle import load_bundle
+from stereodsc.codec import EdgeEncoder, HostDecoder
+from tiny_models import bundle_dir
+
+ENCODE_ONE = (
+    "import numpy as np, numba, stereodsc\n"
+    "stereodsc.encode(np.zeros((64, 128, 3), np.uint8))\n"
+    "print(numba.config.CACHE_DIR)\n"
+)
+
+
+def _run(env: dict[str, str]) -> str:
+    clean = {k: v for k, v in os.environ.items() if k not in ("NUMBA_CACHE_DIR", "STEREODSC_CACHE_DIR")}
+    done = subprocess.run(
+        [sys.executable, "-c", ENCODE_ONE], env=clean | env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+@pytest.mark.slow
+def test_numba_caches_in_the_service_cache_directory(tmp_path: Path) -> None:
+    """Under systemd (CacheDirectory= sets $CACHE_DIRECTORY) the kernels are cached there; a home
+    folder that does not exist does not matter."""
+    folder = _run({"CACHE_DIRECTORY": str(tmp_path), "HOME": "/nonexistent"})
+    assert folder == str(tmp_path / "numba")
+    assert any((tmp_path / "numba").rglob("*.nbi")), "no compiled kernel was cached"
+
+
+@pytest.mark.slow
+def test_an_unwritable_cache_folder_falls_back_to_a_private_temporary_one() -> None:
+    folder = _run({"STEREODSC_CACHE_DIR": "/proc/stereodsc-cannot-write-here", "HOME": "/nonexistent"})
+    assert Path(folder).name == f"stereodsc-numba-{os.getuid()}" and Path(folder).is_dir()
+
+
+def test_warm_up_readies_every_graph_the_host_will_run(tmp_path_factory: pytest.TempPathFactory) -> None:
+    bundle = load_bundle(bundle_dir(tmp_path_factory, "stereo"))
+    decoder = HostDecoder(bundle)
+    assert decoder.warm_up([(64, 128)]) == 4  # intra and side_info, two qualities each
+    assert len(decoder._sessions._sessions) == 4  # every host graph is open before the first frame
+    dsin = HostDecoder(load_bundle(bundle_dir(tmp_path_factory, "dsin")))
+    assert dsin.warm_up([(375, 1242)]) == 0  # its fixed-size graphs do not run there: nothing to do
+    assert dsin.warm_up([(128, 256)]) == 1
+    encoder = EdgeEncoder(bundle, "side_info", 1)
+    encoder.warm_up((64, 120))
+    assert len(encoder._sessions._sessions) == 1

@@ -34,7 +34,7 @@ bench: $(BIN)/stereodsc
 LAMBDAS = kitti kitti_l0.0008 kitti_l0.0003 kitti_l0.0001
 WEIGHTS = $(foreach m,balle2017 ndic dsin,$(foreach l,$(LAMBDAS),runs/$(m)_$(l)/finished)) runs/ndic_cam_kitti/finished
 
-weights: $(WEIGHTS)
+weights: $(NATIVE_WEIGHTS) $(WEIGHTS)
 
 runs/%/finished: configs/%.toml | $(BIN)/stereodsc
 	$(BIN)/stereodsc train --config $< --resume
@@ -49,10 +49,28 @@ $(foreach m,balle2017 ndic,$(eval $(call chain,$(m))))
 runs/ndic_cam_kitti/finished: runs/ndic_kitti/finished
 $(foreach l,$(LAMBDAS),$(eval runs/dsin_$(l)/finished: runs/balle2017_$(l)/finished))
 
+# The native-scale models (issue 13): minimal camera encoder (preset native), 256x512 crops of every data
+# set in ../shared/data. `make native-weights` (also part of `make weights`) continues every run on a fresh
+# clone: each run keeps a compact checkpoint in weights/ (committed). Intra (balle2018) first, the highest
+# lambda from scratch, each lower one warm-started from the next higher; dsin and ndic from the intra codec
+# of their lambda, their side images decoded by it (and by the next higher quality); ndic_cam (one point)
+# from ndic. Commit weights/ at the end of a session: a session's processes end within 3 hours.
+NATIVE_LAMBDAS = 0.05 0.025 0.012 0.005 0.002 0.0008 0.0003 0.0001
+NATIVE_WEIGHTS = $(foreach m,balle2018 dsin ndic,$(foreach l,$(NATIVE_LAMBDAS),runs/$(m)_native_l$(l)/finished)) \
+	runs/ndic_cam_native_l0.012/finished
+.PHONY: native-weights
+native-weights: $(NATIVE_WEIGHTS)
+native_lower = $(wordlist 2,99,$(NATIVE_LAMBDAS))
+native_higher = $(wordlist 1,$(words $(native_lower)),$(NATIVE_LAMBDAS))
+$(foreach p,$(join $(native_lower),$(addprefix :,$(native_higher))),$(eval \
+	runs/balle2018_native_l$(firstword $(subst :, ,$(p)))/finished: runs/balle2018_native_l$(lastword $(subst :, ,$(p)))/finished))
+$(foreach m,dsin ndic,$(foreach l,$(NATIVE_LAMBDAS),$(eval runs/$(m)_native_l$(l)/finished: runs/balle2018_native_l$(l)/finished)))
+runs/ndic_cam_native_l0.012/finished: runs/ndic_native_l0.012/finished
+
 # Export the trained runs as the bundles that ship in the package (float16 kernels, parity-checked;
 # DSIN's host graph is per size: 128x256 only, to stay within the 30 MB the package ships).
 ckpts = $(foreach l,$(LAMBDAS),runs/$(1)_$(l)/latest.pt)
-bundles: weights
+bundles: $(WEIGHTS)
 	$(BIN)/stereodsc export $(call ckpts,balle2017) $(call ckpts,ndic) --out src/stereodsc/bundles/default --overwrite
 	$(BIN)/stereodsc export $(call ckpts,dsin) --out src/stereodsc/bundles/dsin --size 128x256 --overwrite
 

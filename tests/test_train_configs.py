@@ -1,0 +1,40 @@
+"""The native-scale configs: every one builds, fits the camera budget, and continues on a fresh clone."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+
+from stereodsc.models import build_model, edge_macs
+from stereodsc.tomlio import load_toml
+from stereodsc.train.config import config_from_dict
+
+REPO = Path(__file__).resolve().parents[1]
+NATIVE = sorted((REPO / "configs").glob("*_native_*.toml"))
+
+
+def test_there_are_six_to_eight_rate_points_per_native_codec() -> None:
+    for model in ("balle2018", "dsin", "ndic"):
+        lambdas = [load_toml(p)["train"]["lmbda"] for p in NATIVE if p.name.startswith(f"{model}_native_")]
+        assert 6 <= len(lambdas) <= 8 and min(lambdas) <= 1e-4 and max(lambdas) >= 0.05, model
+
+
+@pytest.mark.parametrize("path", NATIVE, ids=[p.stem for p in NATIVE])
+def test_native_config_is_valid_and_resumable_from_the_repository(path: Path, tmp_path: Path) -> None:
+    raw = load_toml(path)
+    keeps = {load_toml(p)["train"]["keep"] for p in NATIVE}
+    t, d = raw["train"], raw["data"]
+    assert t["keep"] == f"weights/{path.stem}.pt" and t["out"] == f"runs/{path.stem}"
+    # what a run starts from or decodes its side images with is another run's committed checkpoint
+    assert t.get("init_from", t["keep"]) in keeps and set(d.get("side_codec", [])) <= keeps
+    assert all(s.startswith("weights/balle2018_native_") for s in d.get("side_codec", []))
+    patched = copy.deepcopy(raw)  # the data and the other runs' checkpoints need not exist here
+    patched["data"]["path"] = str(tmp_path)
+    patched["data"].pop("side_codec", None)
+    patched["train"].pop("init_from", None)
+    cfg = config_from_dict(patched, str(path))
+    model = build_model(cfg.model.name, cfg.model.preset, **cfg.model.options)
+    assert edge_macs(model)["edge_graph"] < 1.5e9
+    assert all(c % model.stride == 0 for c in cfg.data.crop or [])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -54,11 +55,28 @@ class HostDecoder:
     Frames larger than `max_pixels` are refused before anything is allocated for them.
     """
 
-    def __init__(self, bundle: Bundle, backend: str = "cpu", *, threads: int = 0, max_pixels: int = MAX_PIXELS) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: str = "cpu",
+        *,
+        threads: int = 0,
+        max_pixels: int = MAX_PIXELS,
+        engine_cache: Path | None = None,
+        fallback: str | None = None,
+    ) -> None:
         self.bundle = bundle
         self.max_pixels = max_pixels
-        self._sessions = GraphSessions(bundle, backend, threads)
+        self._sessions = GraphSessions(bundle, backend, threads, engine_cache, fallback)
         self._coding: dict[tuple[str, int], Coding] = {}
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether a graph runs on the CPU because the GPU backend could not (``fallback = "cpu"``)."""
+        return self._sessions.fell_back
+
+    def close(self) -> None:
+        self._sessions.close()
 
     def codec_for(self, frame: Frame) -> Codec:
         """The codec that decodes `frame`: reference frames -> "intra", dependent -> "side_info"."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -59,6 +60,8 @@ class EdgeEncoder:
         *,
         threads: int = 0,
         max_pixels: int = MAX_PIXELS,
+        engine_cache: Path | None = None,
+        fallback: str | None = None,
     ) -> None:
         self.bundle = bundle
         self.role = CodecRole.of(role)
@@ -68,7 +71,10 @@ class EdgeEncoder:
         self.coding = load_coding(self.codec, self.point)
         self.tables = self.coding.tables
         self.max_pixels = max_pixels
-        self._sessions = GraphSessions(bundle, backend, threads)
+        self._sessions = GraphSessions(bundle, backend, threads, engine_cache, fallback)
+
+    def close(self) -> None:
+        self._sessions.close()
 
     def check_size(self, size: Size) -> None:
         """Refuse an image size this bundle cannot code end to end: the edge graph must run at its

@@ -12,13 +12,25 @@ from stereodsc.runtime import Session, open_session
 
 class GraphSessions:
     """Sessions keyed by graph file (and, for native TensorRT, whose engines have fixed optimisation
-    profiles, by input shapes); the onnxruntime backends take any shape a dynamic graph accepts."""
+    profiles, by input shapes); the onnxruntime backends take any shape a dynamic graph accepts.
 
-    def __init__(self, bundle: Bundle, backend: str = "cpu", threads: int = 0, cache_dir: Path | None = None) -> None:
+    `cache_dir`: TensorRT engines (None: the machine's cache folder, `runtime.cache_dir`);
+    `fallback`: None refuses a GPU backend that cannot run, "cpu" runs on the CPU instead (`fell_back`).
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        backend: str = "cpu",
+        threads: int = 0,
+        cache_dir: Path | None = None,
+        fallback: str | None = None,
+    ) -> None:
         self.bundle = bundle
         self.backend = backend
         self.threads = threads
-        self.cache_dir = cache_dir  # TensorRT engine cache
+        self.cache_dir = cache_dir
+        self.fallback = fallback
         self._sessions: dict[tuple[Path, tuple[tuple[str, tuple[int, ...]], ...]], Session] = {}
 
     def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -32,5 +44,17 @@ class GraphSessions:
                 cache_key=f"{self.bundle.id}:{path.relative_to(self.bundle.path).as_posix()}",
                 threads=self.threads,
                 profiles={k: (s, s, s) for k, s in shapes} or None,
+                fallback=self.fallback,
             )
         return self._sessions[key].run(inputs)
+
+    @property
+    def fell_back(self) -> bool:
+        """Whether a session runs on the CPU because the configured GPU backend could not."""
+        return any(s.fell_back for s in self._sessions.values())
+
+    def close(self) -> None:
+        """Release every session (GPU memory, streams); the next run opens them again."""
+        for session in self._sessions.values():
+            session.close()
+        self._sessions.clear()

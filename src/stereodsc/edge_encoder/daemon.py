@@ -53,6 +53,8 @@ class CodecSection:
     bundle: str = ""  # bundle folder (stereodsc export) or a shipped bundle's name (stereodsc models); empty: "default"
     quality: int = 0
     backend: str = "cpu"  # cpu | cuda | tensorrt-ep | tensorrt
+    engine_cache: str = ""  # TensorRT engines (empty: $CACHE_DIRECTORY under systemd, else ~/.cache/stereodsc)
+    fallback: str = ""  # "cpu": run on the CPU when the GPU backend cannot (logged); empty: refuse to start
 
 
 @dataclass
@@ -99,6 +101,8 @@ def edge_config_from_dict(raw: dict[str, Any], source: str = "<edge config>") ->
     cfg = EdgeConfig(**sections(raw, schema, source))
     if cfg.camera.role not in CAMERA_ROLES:
         raise ConfigError(f"{source}: [camera] role = {cfg.camera.role!r}; choose one of {list(CAMERA_ROLES)}")
+    if cfg.codec.fallback not in ("", "cpu"):
+        raise ConfigError(f"{source}: [codec] fallback = {cfg.codec.fallback!r}; choose 'cpu' or leave it empty")
     if cfg.link.drain_s < 0 or cfg.link.wait_for_host_s < 0:
         raise ConfigError(f"{source}: [link] drain_s and wait_for_host_s are seconds >= 0")
     sec = cfg.security
@@ -147,7 +151,15 @@ class CameraNode:
         cam = cfg.camera
         self.role = CodecRole.of(cam.role)
         bundle = load_bundle(resolve_bundle(cfg.codec.bundle))
-        self.encoder = EdgeEncoder(bundle, self.role, cfg.codec.quality, cfg.codec.backend)
+        codec = cfg.codec
+        self.encoder = EdgeEncoder(
+            bundle,
+            self.role,
+            codec.quality,
+            codec.backend,
+            engine_cache=Path(codec.engine_cache) if codec.engine_cache else None,
+            fallback=codec.fallback or None,
+        )
         self.rectify = None
         if cam.rig_file:
             from stereodsc.calibration import Rectifier, load_rig
@@ -278,6 +290,7 @@ class CameraNode:
             # The source ended or a stop was asked: wait (bounded) until the host has the last frames.
             unconfirmed = self.sender.drain(round(self.cfg.link.drain_s * 1000))
             self.sender.close()
+            self.encoder.close()
             self._take_link_stats()
             if unconfirmed or self.stats.lost:
                 log.warning(

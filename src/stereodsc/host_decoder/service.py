@@ -59,6 +59,8 @@ class HostSection:
     bundle: str = ""  # bundle folder, or a shipped bundle's name (stereodsc models); empty: "default"
     extra_bundles: list[str] = field(default_factory=list)  # more bundles the cameras may use, e.g. ["dsin"]
     backend: str = "cpu"  # cpu | cuda | tensorrt-ep | tensorrt
+    engine_cache: str = ""  # TensorRT engines (empty: $CACHE_DIRECTORY under systemd, else ~/.cache/stereodsc)
+    fallback: str = ""  # "cpu": run on the CPU when the GPU backend cannot (logged, in the stats); empty: refuse
     max_frame_bytes: int = 1 << 20
     recv_hwm: int = 64
     stats_every_s: float = 10.0
@@ -122,6 +124,8 @@ def host_config_from_dict(raw: dict[str, Any], source: str = "<host config>") ->
         raise ConfigError(f"{source}: [host] extra_bundles must be a list of bundle folders or shipped names")
     if h.metrics_listen:
         parse_listen(h.metrics_listen, source)
+    if h.fallback not in ("", "cpu"):
+        raise ConfigError(f"{source}: [host] fallback = {h.fallback!r}; choose 'cpu' or leave it empty (refuse)")
     return cfg
 
 
@@ -165,6 +169,7 @@ class HostStats:
     latency: LatencyStats = field(default_factory=LatencyStats)
     cameras: dict[tuple[int, int], CameraState] = field(default_factory=dict)  # (rig, camera) -> state
     stale_after_s: float = 0.0
+    backend_fell_back: bool = False  # a GPU backend could not run and fallback = "cpu" took over
 
     def stale_cameras(self, now: float) -> list[str]:
         """``"rig.camera"`` of the cameras silent for longer than `stale_after_s` (none when it is 0)."""
@@ -184,6 +189,7 @@ class HostStats:
             "decode_errors": dict(self.decode_errors),
             "sequence_gaps": self.sequence_gaps,
             "refused_keys": dict(self.refused_keys),
+            "backend_fell_back": self.backend_fell_back,
             "link": {"acks_dropped": self.link.acks_dropped, "rejected_envelope": self.link.rejected_envelope}
             if self.link
             else {},
@@ -284,6 +290,7 @@ class HostService:
             h.max_cameras_per_rig, h.max_frames_per_s_per_camera, h.stale_after_s, on_evict=self._forget
         )
         self.stats = HostStats(stale_after_s=h.stale_after_s, link=receiver.stats, cameras=self.admission.cameras)
+        self.stats.backend_fell_back = any(d.fell_back for d in self.decoders.values())  # known after warm-up
         self._references: dict[tuple[int, int, int, int], np.ndarray] = {}
         self._stop = False
         self._last_error_log: dict[str, float] = {}
@@ -309,7 +316,12 @@ class HostService:
 
         h, p, sec, sinks_cfg = cfg.host, cfg.pairing, cfg.security, cfg.sinks
         bundles = [load_bundle(resolve_bundle(b)) for b in [h.bundle, *h.extra_bundles]]
-        decoders = {b.id_bytes: HostDecoder(b, h.backend) for b in bundles}
+        decoders = {
+            b.id_bytes: HostDecoder(
+                b, h.backend, engine_cache=Path(h.engine_cache) if h.engine_cache else None, fallback=h.fallback or None
+            )
+            for b in bundles
+        }
         sizes = [parse_size(text, "[host] warm_sizes") for text in h.warm_sizes]
         t0 = time.perf_counter()
         runs = sum(decoder.warm_up(sizes) for decoder in decoders.values())
@@ -511,6 +523,8 @@ class HostService:
         if self.settings.stats_file:
             Path(self.settings.stats_file).write_text(json.dumps(self.stats.as_dict(), indent=2))
         self.receiver.close()
+        for decoder in self.decoders.values():
+            decoder.close()
         for sink in self.sinks:
             close = getattr(sink, "close", None)
             if close is not None:

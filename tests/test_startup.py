@@ -56,3 +56,20 @@ def test_warm_up_readies_every_graph_the_host_will_run(tmp_path_factory: pytest.
     encoder = EdgeEncoder(bundle, "side_info", 1)
     encoder.warm_up((64, 120))
     assert len(encoder._sessions._sessions) == 1
+
+
+def test_a_camera_refuses_at_start_up_a_size_its_bundle_cannot_decode(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sample's 192x384 frames against DSIN's host graphs (64x128 and 128x256 only): the camera
+    stops before sending anything, exit status 2 (a configuration error: systemd does not restart it),
+    with the sizes it could use; the failure does not wait for the host to see undecodable frames."""
+    from stereodsc.cli import main
+    from stereodsc.pipeline import STEREO, edge_config, free_port
+
+    dsin = bundle_dir(tmp_path_factory, "dsin")
+    config = edge_config(tmp_path, free_port(), dsin, STEREO[1], frames=3, fps=0.0)
+    assert main(["edge", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "host graph" in err and "192x384" in err and "128x256" in err
+    assert not (tmp_path / "edge1_frames.jsonl").exists() or not (tmp_path / "edge1_frames.jsonl").read_text()

@@ -73,3 +73,19 @@ def test_a_camera_refuses_at_start_up_a_size_its_bundle_cannot_decode(
     err = capsys.readouterr().err
     assert "host graph" in err and "192x384" in err and "128x256" in err
     assert not (tmp_path / "edge1_frames.jsonl").exists() or not (tmp_path / "edge1_frames.jsonl").read_text()
+
+
+@pytest.mark.slow
+def test_the_demo_shows_every_frame_of_both_cameras(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The README's main command on the shipped bundle: all 12 frames of each camera are sent and
+    decoded (the dependent ones with side information), also on a loaded machine, and it says so."""
+    import json
+
+    from stereodsc.demo import run_demo
+
+    assert run_demo(tmp_path, frames=12) == 0
+    summary = json.loads((tmp_path / "demo_report.json").read_text())["summary"]
+    assert summary["frames_sent"] == {"0": 12, "1": 12} and summary["frames_decoded"] == 24
+    assert summary["dependent_with_side_info"] == 12
+    assert "camera 0 sent 12, host decoded 12; camera 1 sent 12, host decoded 12" in capsys.readouterr().out
+    assert (tmp_path / "side_by_side.png").is_file()

@@ -23,7 +23,7 @@ from stereodsc.bundle import Bundle, load_bundle
 from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.eval.metrics import ms_ssim, psnr
 from stereodsc.images import read_rgb, write_rgb
-from stereodsc.pipeline import PipelineRun, run_pipeline
+from stereodsc.pipeline import STEREO, PipelineRun, run_pipeline
 from stereodsc.records import decoded_name
 from stereodsc.sample import drive_path
 
@@ -235,7 +235,19 @@ def run_demo(out: Path, frames: int = 12, quality: int | None = None) -> int:
         f"information for the dependent camera), quality {quality}, {frames} frames of the bundled KITTI "
         "sample at 10 fps"
     )
-    run = run_pipeline(bundle_path, out / "pipeline", frames=frames, fps=10.0, quality=quality)
+    # Every frame of the sample should reach the screen, also on a busy machine where the camera
+    # processes start seconds apart and the host decodes slower than 10 fps: pairs wait up to 15 s
+    # (a rig's cameras share a trigger, the demo's do not) and each camera keeps all its frames in flight.
+    window = {"link": {"max_in_flight": max(8, frames)}}
+    run = run_pipeline(
+        bundle_path,
+        out / "pipeline",
+        frames=frames,
+        fps=10.0,
+        quality=quality,
+        host_extra={"pairing": {"deadline_ms": 15000.0, "max_pending": max(64, 2 * frames)}},
+        edge_extra={cam.camera_id: window for cam in STEREO},
+    )
     report = pipeline_report(run, bundle)
     (out / "demo_report.json").write_text(json.dumps(report, indent=2))
     print_report(report, trained_here)

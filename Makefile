@@ -1,16 +1,21 @@
 # Two commands on a fresh machine:  make demo   |   make test
-# Both create .venv on first use. TORCH pins the CPU build of torch (see README: GPU machines).
+# Both create .venv on first use, with the exact versions pinned in requirements/dev.txt (the lock; torch
+# aside: TORCH pins the CPU build of torch, see README: GPU machines). `make lock` adds what pyproject.toml
+# gained and keeps every other pin; `make lock-upgrade` moves every pin to the newest release;
+# `make test-latest` runs the suite in a separate venv against the newest releases, without the lock.
 PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
+LOCK   ?= requirements/dev.txt
+LATEST ?= build/venv-latest
 BIN     = $(VENV)/bin
 
-.PHONY: demo test lint bench weights bundles clean
+.PHONY: demo test test-latest lint lock lock-upgrade bench weights bundles clean
 
-$(BIN)/stereodsc: pyproject.toml
+$(BIN)/stereodsc: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)" -e ".[dev]"
+	$(BIN)/pip install --quiet "$$(grep -E '^pip==' $(LOCK))"
+	$(BIN)/pip install --quiet "$(TORCH)" -r $(LOCK) -e ".[dev]"
 	touch $@
 
 demo: $(BIN)/stereodsc
@@ -18,6 +23,21 @@ demo: $(BIN)/stereodsc
 
 test: $(BIN)/stereodsc
 	$(BIN)/python -m pytest -q
+
+# The newest release of everything the dev extra names (torch stays $(TORCH): PyPI's default build is CUDA's).
+test-latest:
+	test -x $(LATEST)/bin/python || $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet --upgrade --upgrade-strategy eager "$(TORCH)" -e ".[dev]"
+	$(LATEST)/bin/pip list --format=freeze > $(LATEST)/versions.txt
+	$(LATEST)/bin/python -m pytest -q
+
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" $(BIN)/pip-compile --quiet --extra dev --strip-extras \
+	--no-emit-index-url --no-emit-find-links --unsafe-package stereodsc --unsafe-package torch -o $(LOCK) pyproject.toml
+lock: $(BIN)/stereodsc
+	$(PIP_COMPILE)
+lock-upgrade: $(BIN)/stereodsc
+	$(PIP_COMPILE) --upgrade
 
 lint: $(BIN)/stereodsc
 	$(BIN)/ruff check src tests benchmarks scripts

@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 import re
+import socket
+import struct
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from stereodsc.edge_encoder.encoder import EdgeEncoder
+from fakes import IdleReceiver
+from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.errors import ConfigError
-from stereodsc.host_decoder.service import HostService, host_config_from_dict
+from stereodsc.host_decoder.metrics import MetricsServer, MetricsSnapshot, SnapshotSource, parse_listen
+from stereodsc.host_decoder.service import HostService, HostStats, host_config_from_dict
 from stereodsc.pipeline import free_port
+from stereodsc.transport import ReceiverStats
 from tiny_models import bundle_dir, sample_pair
 
 pytestmark = pytest.mark.timeout(120)
@@ -27,8 +36,9 @@ def stereo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _service(stereo: Path, metrics_listen: str = "") -> HostService:
-    host = {"endpoint": f"tcp://127.0.0.1:{free_port()}", "bundle": str(stereo), "metrics_listen": metrics_listen}
-    return HostService(host_config_from_dict({"host": host, "pairing": {"policy": "no_side_info"}}))
+    host = {"bundle": str(stereo), "metrics_listen": metrics_listen}
+    cfg = host_config_from_dict({"host": host, "pairing": {"policy": "no_side_info"}})
+    return HostService.from_config(cfg, receiver=IdleReceiver())
 
 
 def _scrape(port: int, path: str = "/metrics") -> tuple[str, str]:
@@ -125,3 +135,126 @@ def test_metrics_are_off_by_default(stereo: Path) -> None:
 def test_bad_metrics_listen_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"\[host\] metrics_listen = '9108'"):
         host_config_from_dict({"host": {"metrics_listen": "9108"}}, "x.toml")
+
+
+# ------------------------------------------------------------------ the module alone (prometheus_client)
+def _stats() -> HostStats:
+    stats = HostStats(link=ReceiverStats(received=7, rejected_envelope=3, acks_dropped=2))
+    stats.received, stats.bytes_received = 7, 700
+    stats.rejected["BadMagicError"] += 1
+    stats.decoded_without_side_info["no_reference"] += 2
+    stats.latency.add("parse", 0.003)
+    return stats
+
+
+def test_every_counter_is_exported_link_counters_included() -> None:
+    s = _parse(MetricsSnapshot.of(_stats()).render())
+    assert _get(s, "stereodsc_frames_received_total") == 7
+    assert _get(s, "stereodsc_bytes_received_total") == 700
+    assert _get(s, "stereodsc_frames_decoded_total", kind="without_side_info", reason="no_reference") == 2
+    assert _get(s, "stereodsc_link_rejected_envelope_total") == 3
+    assert _get(s, "stereodsc_link_acks_dropped_total") == 2
+    assert _get(s, "stereodsc_link_received_total") == 7
+    # every integer counter of ReceiverStats, including ones added later, has its family
+    for f in dataclasses.fields(ReceiverStats):
+        assert ("stereodsc_link_" + f.name + "_total", frozenset()) in s, f.name
+    assert _get(s, "stereodsc_latency_seconds_bucket", stage="parse", le="0.005") == 1
+    assert _get(s, "stereodsc_latency_seconds_bucket", stage="parse", le="+Inf") == 1
+
+
+def test_a_scrape_never_waits_on_the_service_lock() -> None:
+    lock = threading.RLock()
+    stats = _stats()
+    source = SnapshotSource(lock, lambda: MetricsSnapshot.of(stats), max_age_s=0.2)
+    server = MetricsServer(f"127.0.0.1:{free_port()}", source)
+    held, release = threading.Event(), threading.Event()
+
+    def decode_for_a_while() -> None:  # what the loop does while it decodes a frame
+        with lock:
+            stats.received += 1  # not yet visible: the scrape serves the copy taken before
+            held.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=decode_for_a_while)
+    try:
+        assert _get(_parse(_scrape(server.port)[1]), "stereodsc_frames_received_total") == 7  # idle: fresh
+        worker.start()
+        held.wait(5)
+        t0 = time.monotonic()
+        _, text = _scrape(server.port)
+        assert time.monotonic() - t0 < 2.0, "the scrape waited for the lock"
+        assert _get(_parse(text), "stereodsc_frames_received_total") == 7
+        release.set()
+        worker.join(5)
+        assert _get(_parse(_scrape(server.port)[1]), "stereodsc_frames_received_total") == 8  # free again: fresh
+    finally:
+        release.set()
+        server.close()
+
+
+def test_the_loop_refreshes_the_snapshot_at_most_every_max_age() -> None:
+    taken: list[int] = []
+    stats = _stats()
+
+    def take() -> MetricsSnapshot:
+        taken.append(1)
+        return MetricsSnapshot.of(stats)
+
+    source = SnapshotSource(threading.RLock(), take, max_age_s=60.0)
+    assert len(taken) == 1  # one at construction: a scrape always has something to serve
+    source.refresh()
+    assert len(taken) == 1
+    source.refresh(now=time.monotonic() + 61.0)
+    assert len(taken) == 2
+
+
+def _slow_source() -> Callable[[], MetricsSnapshot]:
+    snapshot = MetricsSnapshot.of(_stats())
+
+    def slow() -> MetricsSnapshot:
+        time.sleep(0.3)  # the client is gone before the answer is written
+        return snapshot
+
+    return slow
+
+
+def test_a_client_that_goes_away_never_prints_a_traceback(
+    capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = MetricsServer(f"127.0.0.1:{free_port()}", _slow_source())
+    try:
+        for request in (b"", b"GET /met", b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+                sock.sendall(request)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close = reset
+        time.sleep(1.0)  # the server writes into the reset connections
+        _, text = _scrape(server.port)  # and still serves
+        assert "stereodsc_frames_received_total 7.0" in text
+    finally:
+        server.close()
+    out, err = capfd.readouterr()
+    assert "Traceback" not in out + err
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+
+
+def test_metrics_listen_takes_ipv6_and_refuses_a_port_in_use() -> None:
+    assert parse_listen("[::1]:9108") == ("::1", 9108)
+    server = MetricsServer(f"127.0.0.1:{free_port()}", lambda: MetricsSnapshot.of(_stats()))
+    try:
+        with pytest.raises(ConfigError, match="cannot listen there"):
+            MetricsServer(f"127.0.0.1:{server.port}", lambda: MetricsSnapshot.of(_stats()))
+    finally:
+        server.close()
+
+
+def test_the_service_scrape_does_not_wait_on_its_decode_lock(stereo: Path) -> None:
+    service = _service(stereo, f"127.0.0.1:{free_port()}")
+    try:
+        assert isinstance(service.metrics_source, SnapshotSource)
+        assert service.metrics is not None
+        with service._lock:  # a decode in progress
+            t0 = time.monotonic()
+            _scrape(service.metrics.port)
+            assert time.monotonic() - t0 < 2.0
+    finally:
+        service.close()

@@ -1,4 +1,5 @@
-"""TOML reading for every config and rig file (Python 3.10 on JetPack 6 needs the tomli backport)."""
+"""TOML for every config and rig file: reading with tomllib (the tomli backport on Python 3.10, JetPack 6),
+writing with tomli_w."""
 
 from __future__ import annotations
 
@@ -55,26 +56,36 @@ def section(cls: type, raw: dict[str, Any], name: str, source: str) -> Any:
     return obj
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+def _plain(value: Any, key: str) -> Any:
+    """`value` as the types TOML writers take: numpy scalars and arrays become Python numbers and lists,
+    tuples lists; anything TOML cannot hold (None, objects) is a TypeError naming the key."""
+    if isinstance(value, bool | int | float | str):
+        return value
+    if hasattr(value, "dtype") and hasattr(value, "tolist"):  # a numpy scalar or array, without importing numpy
+        return _plain(value.tolist(), key)
     if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+        return [_plain(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {str(k): _plain(v, f"{key}.{k}") for k, v in value.items()}
+    raise TypeError(f"cannot write {key} = {value!r} to TOML ({type(value).__name__})")
 
 
 def dump_toml(tables: dict[str, dict[str, Any]]) -> str:
-    """Write tables of scalars and lists (what our configs hold) as TOML text."""
-    lines = []
+    """Tables of scalars, lists and sub-tables (what our configs hold) as TOML text, written by `tomli_w`:
+    strings are escaped (a newline too), numpy numbers become plain ones; `parse_toml` reads it back.
+    A dotted table name is a path, as in a TOML header: ``{"model": {...}, "model.options": {...}}``
+    writes ``[model]`` and ``[model.options]``."""
+    import tomli_w
+
+    doc: dict[str, Any] = {}
     for name, table in tables.items():
-        lines.append(f"[{name}]")
-        lines.extend(f"{key} = {_toml_value(value)}" for key, value in table.items())
-        lines.append("")
-    return "\n".join(lines)
+        node = doc
+        for part in str(name).split("."):
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise TypeError(f"table [{name}]: {part} is already a value, not a table")
+        node.update(_plain(table, str(name)))
+    return tomli_w.dumps(doc)
 
 
 def sections(raw: dict[str, Any], schema: dict[str, type], source: str) -> dict[str, Any]:

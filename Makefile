@@ -42,6 +42,7 @@ lock-upgrade: $(BIN)/stereodsc
 lint: $(BIN)/stereodsc
 	$(BIN)/ruff check src tests benchmarks scripts
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 bench: $(BIN)/stereodsc
 	$(BIN)/python benchmarks/bench_entropy.py
@@ -91,8 +92,8 @@ runs/ndic_cam_native_l0.012/finished: runs/ndic_native_l0.012/finished
 # DSIN's host graph is per size: 128x256 only, to stay within the 30 MB the package ships).
 ckpts = $(foreach l,$(LAMBDAS),runs/$(1)_$(l)/latest.pt)
 bundles: $(WEIGHTS)
-	$(BIN)/stereodsc export $(call ckpts,balle2017) $(call ckpts,ndic) --out src/stereodsc/bundles/default --overwrite
-	$(BIN)/stereodsc export $(call ckpts,dsin) --out src/stereodsc/bundles/dsin --size 128x256 --overwrite
+	$(BIN)/stereodsc export $(call ckpts,balle2017) $(call ckpts,ndic) --out src/stereodsc/bundles/default --overwrite --licence LICENSES/KITTI-DERIVED-NOTICE.txt
+	$(BIN)/stereodsc export $(call ckpts,dsin) --out src/stereodsc/bundles/dsin --size 128x256 --overwrite --licence LICENSES/KITTI-DERIVED-NOTICE.txt
 
 clean:
 	rm -rf $(VENV) build *.egg-info

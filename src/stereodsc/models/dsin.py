@@ -120,6 +120,16 @@ def band_offsets(max_rows: int, max_cols: int) -> list[tuple[int, int]]:
     return sorted(offsets, key=lambda o: (abs(o[1]), abs(o[0]), o))
 
 
+def _column_windows(t: Tensor, nw: int, qw: int, blocks: int, start: int, span: int) -> Tensor:
+    """[..., (nw + 2 blocks) qw] -> [..., nw, span]: for patch column j, the columns
+    j qw + start .. j qw + start + span of ``t``, built from ``2 blocks + 1`` shifted blocks of qw columns
+    (no gather: only the block count depends on the image size, so the ONNX graph stays dynamic)."""
+    lead = t.shape[:-1]
+    t = t.reshape(*lead, nw + 2 * blocks, qw)
+    t = torch.cat([t[..., k : k + nw, :] for k in range(2 * blocks + 1)], dim=-1)
+    return t[..., start : start + span]
+
+
 def band_si_finder(
     x_dec: Tensor,
     side_dec: Tensor,
@@ -138,12 +148,13 @@ def band_si_finder(
     (rows/columns beyond the image repeat its edge). Both signs of disparity are searched: either
     camera may be the reference, and training flips pairs. The match runs on images average-pooled
     by ``match_scale`` (offsets in steps of match_scale pixels), so the band holds
-    (2 ceil(r / s) + 1) (2 ceil(D / s) + 1) offsets.
+    (2R + 1)(2D + 1) offsets, R = ceil(r / s), D = ceil(D_max / s); equal scores go to the offset
+    nearest to the patch's own position.
 
-    Cost: per offset a product, a channel sum and a patch sum over the pooled image, plus strided
-    reads of two box-filtered maps (window sums), i.e. ~6 (2R + 1)(2D + 1) H W / s^2 operations:
-    linear in the image size. The offsets are a Python loop of fixed length and every size is
-    symbolic, so the ONNX graph takes any H, W.
+    Per patch, the scores of every column offset come from one small matrix product (patch
+    columns x window columns, summed along the diagonals), so the search is a batched matmul of
+    ~3 (2R + 1)(2D + 1) H W / s^2 multiply-adds: linear in the image size, and every loop has a
+    fixed length, so the ONNX graph takes any H, W.
     """
     b, _, h, w = x_dec.shape
     ph, pw = patch
@@ -164,19 +175,30 @@ def band_si_finder(
     xv = xs.reshape(b, 3, nh, qh, nw, qw)
     xv = xv - xv.mean(dim=(1, 3, 5), keepdim=True)
     xv = xv / xv.square().sum(dim=(1, 3, 5), keepdim=True).sqrt().clamp_min(1e-6)
-    xn = xv.reshape(b, 3, nh * qh, nw * qw)
-    sp = F.pad(ss, (cols, cols, rows, rows), mode="replicate")
-    box1 = F.avg_pool2d(sp.sum(1, keepdim=True), (qh, qw), stride=1) * (qh * qw)
-    box2 = F.avg_pool2d(sp.square().sum(1, keepdim=True), (qh, qw), stride=1) * (qh * qw)
-    spread = (box2 - box1 * box1 / n).clamp_min(n * _FLAT).sqrt()  # window spread at every top-left
+    patches = xv.permute(0, 2, 4, 1, 3, 5).reshape(b, nh, nw, 1, n // qw, qw)  # (colour, row) x column
+    cb = math.ceil(cols / qw)  # column blocks of qw searched on each side
+    span, first = qw + 2 * cols, cb * qw - cols  # window columns, and where they start in the blocks
+    sp = F.pad(ss, (cb * qw, cb * qw, rows, rows), mode="replicate")
+    # Window sums at every top-left position (separable box filters), for the windows' spread.
+    sums = torch.cat([sp.sum(1, keepdim=True), sp.square().sum(1, keepdim=True)], dim=1)
+    sums = F.avg_pool2d(F.avg_pool2d(sums, (qh, 1), stride=1), (1, qw), stride=1) * (qh * qw)
+    sums = F.pad(sums, (0, qw - 1))  # width (nw + 2 cb) qw, like sp
+    dots, spreads = [], []
+    for k in range(2 * rows + 1):  # row offset k - rows
+        band = sp[:, :, k : k + nh * qh].reshape(b, 3, nh, qh, -1)
+        windows = _column_windows(band, nw, qw, cb, first, span)  # [B, 3, nh, qh, nw, span]
+        windows = windows.permute(0, 2, 4, 1, 3, 5).reshape(b, nh, nw, n // qw, span)
+        products = patches.transpose(-1, -2) @ windows.unsqueeze(3)  # [B, nh, nw, 1, qw, span]
+        diagonals = products[..., 0, 0, : 2 * cols + 1]  # column offset dc sums products (j, j + dc)
+        for j in range(1, qw):
+            diagonals = diagonals + products[..., 0, j, j : j + 2 * cols + 1]
+        dots.append(diagonals)
+        box = _column_windows(sums[:, :, k : k + nh * qh : qh], nw, qw, cb, first, 2 * cols + 1)
+        spreads.append((box[:, 1] - box[:, 0] * box[:, 0] / n).clamp_min(n * _FLAT).sqrt())  # [B, nh, nw, 2D+1]
     offsets = band_offsets(rows, cols)
-    scores = []
-    for dr, dc in offsets:
-        r0, c0 = rows + dr, cols + dc
-        window = sp[:, :, r0 : r0 + nh * qh, c0 : c0 + nw * qw]
-        dot = (xn * window).sum(1).reshape(b, nh, qh, nw, qw).sum(dim=(2, 4))
-        scores.append(dot / spread[:, 0, r0 : r0 + nh * qh : qh, c0 : c0 + nw * qw : qw])
-    best = torch.stack(scores, dim=1).argmax(dim=1)  # [B, nh, nw] index into offsets
+    order = torch.tensor([(dr + rows) * (2 * cols + 1) + dc + cols for dr, dc in offsets], device=side.device)
+    scores = (torch.stack(dots, dim=3) / torch.stack(spreads, dim=3)).reshape(b, nh, nw, -1).index_select(3, order)
+    best = scores.argmax(dim=3)  # [B, nh, nw] index into offsets
     table = torch.tensor(offsets, device=side.device) * s
     dr_best, dc_best = table[best, 0], table[best, 1]
     # Gather each chosen window of the side image (clamped at the border) in x's patch order.

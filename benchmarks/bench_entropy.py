@@ -17,18 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import numba
 import numpy as np
 
-from machine import cpu_model
+from common import machine_info
 from stereodsc.entropy import CdfTables, build_tables, channel_indexes, decode, encode, ideal_bits
 
 SHAPE = (96, 80, 128)
@@ -99,13 +95,7 @@ def main() -> None:
         "benchmark": "stereodsc.entropy rANS, one core",
         "workload": f"latent {SHAPE}, one 16-bit discretised-Laplace table per channel, +-{HALF} then escape",
         "repeats": args.repeats,
-        "machine": {
-            "platform": platform.platform(),
-            "cpu_model": cpu_model(),
-            "cpu_count": os.cpu_count(),
-            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        },
-        "versions": {"python": sys.version.split()[0], "numpy": np.__version__, "numba": numba.__version__},
+        "machine": machine_info(),
         "targets": {"encode_msym_per_s": 50, "decode_msym_per_s": 20, "overhead": "0.1 % + 8 bytes"},
         "cases": cases,
     }

@@ -5,8 +5,8 @@ For each shipped bundle (`stereodsc models`) and codec, at its middle quality: t
 (2 threads), with the decoded reference as the side image, on KITTI frames at 128x256 (paper
 protocol) and 375x1242 (native; only where the codec has graphs for it: DSIN's host graph is per
 size). Frames: the bundled sample (paper protocol) and, when ../shared is present, the KITTI drive's
-native frames. Writes ``benchmarks/results/models_latency.json``; ``bench_pipeline.py`` measures the
-default bundle's stages and the whole pipeline in more detail.
+native frames. Writes ``benchmarks/results/models_latency.json``; ``bench_codec.py`` measures the
+default bundle's stages in more detail, ``bench_pipeline.py`` the whole pipeline.
 
     python benchmarks/bench_models.py [--frames 10]
 """
@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from machine import machine_info
+from common import machine_info
 from stereodsc.bundle import load_bundle
 from stereodsc.bundles import shipped_bundles
 from stereodsc.codec.decoder import HostDecoder

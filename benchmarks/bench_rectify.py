@@ -11,15 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from machine import cpu_model
+from common import machine_info
 from stereodsc.calibration import Rectifier, StereoRig, rectified_rig
 
 SIZES = [(640, 480), (1242, 375)]
@@ -72,23 +70,16 @@ def main() -> None:
     default_threads = cv2.getNumThreads()
     results = [bench(size, args.frames, threads) for size in SIZES for threads in dict.fromkeys([default_threads, 1])]
     cv2.setNumThreads(default_threads)
-    machine = {
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "cores": os.cpu_count(),
-        "cores_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "load_avg_1min": os.getloadavg()[0],  # other users of a shared machine inflate the p90
-    }
+    machine = machine_info()  # its load average: other users of a shared machine inflate the p90
     report = {
         "benchmark": "stereodsc.calibration.Rectifier: cv2.remap, CV_16SC2 maps, bilinear, uint8 HxWx3",
         "machine": machine,
-        "versions": {"python": platform.python_version(), "numpy": np.__version__, "opencv": cv2.__version__},
         "results": results,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
 
-    print(f"{machine['cpu']}, {machine['cores_available']} cores, OpenCV {cv2.__version__}")
+    print(f"{machine['cpu_model']}, {machine['cores_available']} cores, OpenCV {cv2.__version__}")
     print(f"{'size':>10} {'threads':>7} {'median ms':>10} {'p90 ms':>8} {'maps init ms':>13}")
     for r in results:
         row = (r["size"], r["threads"], r["median_ms"], r["p90_ms"], r["maps_init_ms"])

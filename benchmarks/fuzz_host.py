@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import random
 import sys
 import time
@@ -26,9 +25,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from machine import cpu_model
+from common import machine_info
 from stereodsc.bundle import load_bundle
 from stereodsc.bundles import default_bundle
 from stereodsc.codec.decoder import HostDecoder
@@ -200,7 +197,7 @@ def main() -> int:
         "max_decode_ms": round(max_decode_s * 1e3, 3),
         "slowest_decode": slowest,
         "elapsed_s": round(elapsed, 1),
-        "machine": {"cpu": cpu_model(), "python": platform.python_version(), "numpy": np.__version__},
+        "machine": machine_info(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -18,20 +18,16 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # before numpy; inherited by
 
 import argparse
 import json
-import platform
 import subprocess
 import tempfile
 import threading
 import time
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-from machine import cpu_model
+from common import load1, load_pairs, machine_info, write_drive
 from stereodsc.bundles import default_bundle
-from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.eval.preprocess import paper_protocol
-from stereodsc.images import read_rgb, write_rgb
 from stereodsc.pipeline import STEREO, collect, edge_config, free_port, host_config, spawn, wait
 from stereodsc.sample import drive_path
 
@@ -41,12 +37,7 @@ RESULTS = Path(__file__).parent / "results"
 def small_drive(folder: Path) -> Path:
     """The bundled sample as a 128x256 KITTI-layout drive (both cameras, original timestamps)."""
     src = drive_path()
-    for camera, sub in (("left", "image_02"), ("right", "image_03")):
-        (folder / sub / "data").mkdir(parents=True, exist_ok=True)
-        for path in kitti_frames(src, camera)[0]:
-            write_rgb(folder / sub / "data" / path.name, paper_protocol(read_rgb(path)))
-        (folder / sub / "timestamps.txt").write_text((src / sub / "timestamps.txt").read_text())
-    return folder
+    return write_drive([(paper_protocol(a), paper_protocol(b)) for a, b in load_pairs(src)], folder, src)
 
 
 def peak_kib(pid: int) -> int | None:
@@ -87,21 +78,6 @@ class Sampler(threading.Thread):
                 return sum(1 for _ in f)
         except OSError:
             return 0
-
-
-def versions() -> dict[str, str]:
-    import numpy
-    import onnxruntime
-    import zmq
-
-    return {
-        "python": platform.python_version(),
-        "numpy": numpy.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "pyzmq": zmq.__version__,
-        "libzmq": zmq.zmq_version(),
-        "stereodsc": version("stereodsc"),
-    }
 
 
 def soak(frames: int, fps: float, policy: str, folder: Path) -> dict[str, Any]:
@@ -192,18 +168,12 @@ def main() -> None:
     parser.add_argument("--policy", default="latest_reference")
     parser.add_argument("--out", type=Path, default=RESULTS / "soak.json")
     args = parser.parse_args()
-    machine = {
-        "platform": platform.platform(),
-        "cpu_model": cpu_model(),
-        "cores_available": len(os.sched_getaffinity(0)),
-        "load_avg_1min_start": round(os.getloadavg()[0], 2),
-    }
+    machine = machine_info()
     runs = []
     for fps in args.fps:
         with tempfile.TemporaryDirectory(prefix="soak_") as tmp:
             runs.append(soak(args.frames, fps, args.policy, Path(tmp)))
-    machine["load_avg_1min_end"] = round(os.getloadavg()[0], 2)
-    result = {"machine": machine, "versions": versions(), "runs": runs}
+    result = {"machine": machine, "runs": runs, "load_avg_1min_end": load1()}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -36,6 +36,12 @@ CASES = [
     ("ndic_cam", CAM_TINY),
     ("ndic_cam", {**CAM_TINY, "num_cams": 1, "alpha": 1.0, "beta": 1.0}),
     ("dsin", {}),
+    ("balle2018", {"encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}),
+    (
+        "ndic_cam",
+        {**CAM_TINY, "backbone": "balle2018", "encoder": "minimal", "patch_mode": "rows", "max_disparity": 16},
+    ),
+    ("dsin", {"backbone": "balle2018", "search": "band", "max_row_offset": 2, "patch": [16, 16], "max_disparity": 16}),
 ]
 IDS = [f"{name}-{'-'.join(f'{k}={v}' for k, v in opts.items() if k != 'image_size')}" for name, opts in CASES]
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -63,3 +64,17 @@ def test_importing_the_package_stays_light() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_decode_command_finds_the_shipped_bundle_by_the_frames_id(
+    pair: tuple[np.ndarray, np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stereodsc.cli import main
+    from stereodsc.images import write_rgb
+
+    write_rgb(tmp_path / "left.png", pair[0])
+    assert main(["encode", str(tmp_path / "left.png"), "--model", "default", "--codec", "intra", "--quality", "1",
+                 "-o", str(tmp_path / "left.sdf")]) == 0  # fmt: skip
+    assert main(["decode", str(tmp_path / "left.sdf"), "-o", str(tmp_path / "left.png")]) == 0  # no --model
+    assert "balle2017 intra q1" in capsys.readouterr().out
+    assert np.array_equal(read_rgb(tmp_path / "left.png"), stereodsc.decode((tmp_path / "left.sdf").read_bytes()))

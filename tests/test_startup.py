@@ -89,3 +89,17 @@ def test_the_demo_shows_every_frame_of_both_cameras(tmp_path: Path, capsys: pyte
     assert summary["dependent_with_side_info"] == 12
     assert "camera 0 sent 12, host decoded 12; camera 1 sent 12, host decoded 12" in capsys.readouterr().out
     assert (tmp_path / "side_by_side.png").is_file()
+
+
+def test_a_camera_that_delivered_nothing_exits_1(tmp_path: Path) -> None:
+    """No host at the endpoint: the camera runs, counts its frames dropped, and says with its exit
+    status (1, not 0 and not 2) that nothing was delivered, so a supervisor can tell."""
+    from stereodsc.cli import main
+    from stereodsc.pipeline import STEREO, edge_config, free_port
+    from stereodsc.tomlio import dump_toml, load_toml
+
+    config = edge_config(tmp_path, free_port(), Path("default"), STEREO[0], frames=2, fps=0.0)
+    raw = load_toml(config)  # the shipped default bundle, no host listening, no waiting for one
+    raw["link"].update(wait_for_host_s=0.0, drain_s=0.2)
+    config.write_text(dump_toml(raw))
+    assert main(["edge", "--config", str(config)]) == 1

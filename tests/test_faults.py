@@ -6,9 +6,13 @@ fault is timing (c). Every frame must end decoded or counted under a reason, and
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -144,3 +148,73 @@ def test_frames_past_the_deadline(stereo: Path, policy: str) -> None:
         assert sum(s.decoded_without_side_info.values()) + sum(s.dropped.values()) == 3
     finally:
         service.close()
+
+
+RESUME_WITHIN = 3
+"""Pairing resumes within this many frames of a restarted camera's new session."""
+
+
+def _host_records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _await(condition: Callable[[], bool], what: str, procs: list[subprocess.Popen[bytes]], seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        assert all(p.poll() is None for p in procs), f"a process died while waiting: {what}"
+        time.sleep(0.1)
+
+
+def test_each_camera_restart_costs_only_the_frames_in_flight(stereo: Path, tmp_path: Path) -> None:
+    """SIGKILL and restart each camera in turn against a running host: the restarted camera announces a new
+    session, the host re-bases it onto the rig, and pairing resumes within RESUME_WITHIN frames. The
+    restarted `sample` source replays its first frames: new frames of a new session, not duplicates."""
+    port = free_port()
+    host_log = tmp_path / "host_frames.jsonl"
+    host = spawn("host", host_config(tmp_path, port, stereo, policy="drop", idle_exit_s=0.0))
+    wide = {"link": {"max_in_flight": 64}}
+    configs = [edge_config(tmp_path, port, stereo, cam, frames=0, fps=8.0, loop=True, extra=wide) for cam in STEREO]
+    cams = [spawn("edge", cfg) for cfg in configs]
+    try:
+        _await(lambda: sum(r["camera"] == 1 for r in _host_records(host_log)) >= 3, "no pair decoded", [host, *cams])
+        for cam in (0, 1):
+            cams[cam].send_signal(signal.SIGKILL)
+            cams[cam].wait(timeout=10)
+            old = {r["session"] for r in _host_records(host_log) if r["camera"] == cam}
+            cams[cam] = spawn("edge", configs[cam])  # same config: a new session, its seq from 0 again
+
+            def new_session(cam: int = cam, old: set[int] = old) -> list[dict[str, Any]]:
+                """The host's records from the restarted camera's first decoded frame on."""
+                records = _host_records(host_log)
+                first = next((i for i, r in enumerate(records) if r["camera"] == cam and r["session"] not in old), None)
+                return [] if first is None else records[first:]
+
+            _await(lambda: sum(r["camera"] == 1 for r in new_session()) >= 5, f"no pairs after camera {cam} restarted",
+                   [host, *cams])  # fmt: skip
+            after = new_session()
+            if cam == 0:  # the restarted reference: a dependent pairs within its first few frames
+                first_pair = next(i for i, r in enumerate(after) if r["camera"] == 1)
+                assert after[first_pair - 1]["seq"] < RESUME_WITHIN, after[: first_pair + 1]
+            else:  # the restarted dependent: one of its first frames is paired (decoded: policy drop)
+                assert after[0]["seq"] < RESUME_WITHIN, after[:5]
+        for proc in cams:
+            proc.send_signal(signal.SIGTERM)
+        for proc, cfg in zip(cams, configs, strict=True):
+            wait(proc, time.monotonic() + 60, cfg.with_suffix(".log"))
+        host.send_signal(signal.SIGTERM)
+        wait(host, time.monotonic() + 60, tmp_path / "host.log")
+    finally:
+        for proc in (host, *cams):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    run = collect(tmp_path, STEREO)
+    stats = run.host_stats
+    assert stats["final"] and stats["rejected"] == {} and stats["decode_errors"] == {}
+    assert "duplicate" not in stats["dropped"], "a replayed source after a restart is a new session"
+    assert sum(stats["camera_restarts"].values()) == 2
+    assert all(r["side_info"] for r in run.host_frames if r["camera"] == 1)
+    for cam in (0, 1):  # the second run of each camera ended cleanly: everything it sent is accounted for
+        edge = run.edge_stats[cam]
+        assert edge["sent"] == edge["acked"] + edge["lost"] and edge["acked"] > 0

@@ -248,15 +248,19 @@ def test_silent_cameras_are_reported_stale(stereo: Path, caplog: pytest.LogCaptu
         service.close()
 
 
-def test_limits_are_off_by_default_and_validated(stereo: Path) -> None:
+def test_rate_limits_are_off_by_default_and_validated(stereo: Path) -> None:
+    """No rate or per-rig limit by default; staleness (10 s) and the new-camera limit are on: they make
+    room for new cameras and never touch a camera that keeps sending."""
     with pytest.raises(ConfigError, match=r"must be >= 0"):
         host_config_from_dict({"host": {"max_frames_per_s_per_camera": -1.0}}, "h.toml")
+    with pytest.raises(ConfigError, match=r"must be >= 0"):
+        host_config_from_dict({"host": {"new_cameras_per_s": -1.0}}, "h.toml")
     service = _service(stereo)
     try:
         for data in _frames(service, 0, 5):
             service.handle(data, 0.0)
         assert service.stats.decoded_reference == 5 and not service.stats.dropped
-        assert service.stats.stale_cameras(1e9) == []
+        assert service.stats.stale_cameras(9.0) == [] and service.stats.stale_cameras(11.0) == ["1.0"]
     finally:
         service.close()
 

@@ -41,6 +41,7 @@ class FrameRecord:
     sent: bool | None = None
     side_info: bool | None = None
     latency_ms: float | None = None
+    session: int | None = None  # the camera's session (one per camera start): which run of it the frame is from
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None}

@@ -3,6 +3,9 @@
 The capture loop never waits for the host: a frame that cannot be queued is dropped and counted
 (`transport.FrameSender`), the link reconnects by itself when the host restarts, and SIGINT or
 SIGTERM stop the loop cleanly after the current frame. A stats line is logged periodically.
+Each start draws a new session id (`transport.new_session_id`), sent with every frame, so the host
+knows that a restarted camera numbers from 0 again. A link that stays down (host unreachable, key
+refused) re-handshakes with back-off, and the log says why frames are dropped whenever that changes.
 Before the first frame is sent the encoder is warmed up at the camera's frame size (graph session
 opened, entropy coder compiled, the size checked against the bundle's graphs), so no frame waits
 for it. The exit status says whether the camera delivered anything (`run_camera_node`).
@@ -65,6 +68,8 @@ class LinkSection:
     drain_s: float = 5.0  # at the end, wait this long for the host to ack the frames still in flight
     max_in_flight: int = 8  # frames sent and not yet acked; beyond that new frames are dropped (bounds latency)
     ack_timeout_s: float = 10.0  # a frame not acked by then counts lost (a late ack moves it back)
+    rehandshake_s: float = 5.0  # no connection for this long: a new socket and handshake (doubling up to 60 s)
+    max_frame_bytes: int = 1048576  # the host's [host] max_frame_bytes: a link reset with a larger frame is counted
 
 
 @dataclass
@@ -105,6 +110,8 @@ def edge_config_from_dict(raw: dict[str, Any], source: str = "<edge config>") ->
         raise ConfigError(f"{source}: [codec] fallback = {cfg.codec.fallback!r}; choose 'cpu' or leave it empty")
     if cfg.link.drain_s < 0 or cfg.link.wait_for_host_s < 0:
         raise ConfigError(f"{source}: [link] drain_s and wait_for_host_s are seconds >= 0")
+    if not 0 < cfg.link.rehandshake_s <= 60:
+        raise ConfigError(f"{source}: [link] rehandshake_s must be in (0, 60] seconds")
     sec = cfg.security
     if sec.curve and not (sec.secret and sec.server_public):
         raise ConfigError(f"{source}: [security] curve = true needs secret and server_public")
@@ -124,6 +131,11 @@ class NodeStats:
     lost: int = 0  # sent and never confirmed (link reset, host gone): see transport
     bytes_sent: int = 0
     encode_s: float = 0.0
+    session: int = 0  # this start's session id
+    dropped_by: dict[str, int] = field(default_factory=dict)  # `dropped` by why (transport.DROP_REASONS)
+    rehandshakes: int = 0  # new sockets after the link stayed down
+    link_resets: int = 0  # connections closed with frames in flight
+    oversize_resets: int = 0  # ... with a frame over [link] max_frame_bytes in flight
 
     def line(self, elapsed_s: float) -> str:
         fps = self.captured / elapsed_s if elapsed_s > 0 else 0.0
@@ -175,9 +187,12 @@ class CameraNode:
             sndhwm=link.send_hwm,
             max_in_flight=link.max_in_flight,
             ack_timeout_ms=round(link.ack_timeout_s * 1000),
+            rehandshake_ms=round(link.rehandshake_s * 1000),
+            max_frame_bytes=link.max_frame_bytes,
             curve=curve,
         )
-        self.stats = NodeStats()
+        self.stats = NodeStats(session=self.sender.session)
+        self._drop_reason: str | None = None
         self.seq = 0
         self._stop = False
 
@@ -186,7 +201,27 @@ class CameraNode:
 
     def _take_link_stats(self) -> None:
         """Copy the link's delivery counts into the node's statistics (for the log line and the end)."""
-        self.stats.acked, self.stats.lost = self.sender.stats.acked, self.sender.stats.lost
+        link = self.sender.stats
+        self.stats.acked, self.stats.lost = link.acked, link.lost
+        self.stats.dropped_by = dict(link.dropped_by)
+        self.stats.rehandshakes, self.stats.link_resets = link.rehandshakes, link.link_resets
+        self.stats.oversize_resets = link.oversize_resets
+
+    def _log_drop(self, ok: bool) -> None:
+        """Log why frames are dropped, once each time the reason changes (and when delivery resumes)."""
+        from stereodsc.transport import DROP_REASONS
+
+        reason = None if ok else self.sender.last_drop
+        if reason == self._drop_reason:
+            return
+        cam = self.cfg.camera
+        if reason is None:
+            log.info("camera %d.%d: frames go through again", cam.rig_id, cam.camera_id)
+        else:
+            log.warning(
+                "camera %d.%d: dropping frames: %s", cam.rig_id, cam.camera_id, DROP_REASONS.get(reason, reason)
+            )
+        self._drop_reason = reason
 
     def _warmed_up(self) -> Iterator[Any]:
         """The source's frames, the encoder warmed up at the first one's (rectified) size before it is
@@ -227,12 +262,13 @@ class CameraNode:
         log_file = open(frame_log, "a") if frame_log else None  # noqa: SIM115 - closed in finally
         started = last_stats = time.monotonic()
         log.info(
-            "camera %d.%d (%s) -> %s, bundle quality %d",
+            "camera %d.%d (%s) -> %s, bundle quality %d, session %08x",
             cam.rig_id,
             cam.camera_id,
             cam.role,
             self.cfg.link.endpoint,
             self.cfg.codec.quality,
+            self.sender.session,
         )
         if not self.cfg.security.curve:
             log.warning("CURVE off ([security] curve = false): frames leave unencrypted and unauthenticated")
@@ -254,6 +290,7 @@ class CameraNode:
                 first = self.stats.captured == 0 and self.cfg.link.wait_for_host_s > 0
                 ok = self._wait_for_host(data) if first else self.sender.send(data)
                 self.stats.captured += 1
+                self._log_drop(ok)
                 if ok:
                     self.stats.sent += 1
                     self.stats.bytes_sent += len(data)
@@ -273,6 +310,7 @@ class CameraNode:
                         symbols_digest(encoded.symbols),
                         stages_ms(encoded.timings),
                         sent=ok,
+                        session=self.sender.session,
                     )
                     log_file.write(record.to_json() + "\n")
                     log_file.flush()

@@ -37,6 +37,16 @@ resolved by the `PairingPolicy`, with a reason that says what was known at that 
 
 The first two are inferred from the order of the reference stream, which one camera's ZeroMQ/TCP link
 preserves. Policies other than WAIT act on them at once instead of letting the frame wait out its deadline.
+
+Reference loss (``last_reference_ns`` > 0): an unpaired dependent is decoded with the rig's newest
+reference if it arrived at most ``last_reference_ns`` ago (`DecodeDependent.last_reference`), before
+the policy would drop it or decode it without side information, so a dead reference camera does not
+stop its dependents at once. That reference is then kept (its `ReleaseReference` waits) until a newer
+one arrives or it is older than ``last_reference_ns``.
+
+A camera that restarts (a new session, `stereodsc.host_decoder.sessions`) is announced with
+`Pairer.new_session`: its duplicate window is cleared (a replayed file is new frames, not duplicates)
+and, for a reference camera, what the rig inferred from the old reference stream is forgotten.
 """
 
 from __future__ import annotations
@@ -115,6 +125,8 @@ class DecodeDependent(Generic[F]):
     frame: F
     reference: F | None
     reason: Reason
+    last_reference: bool = False
+    """The reference is the rig's last one, not a partner: supplied by ``last_reference_ns`` (reference loss)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +174,8 @@ class _Rig(Generic[F]):
     last_ref: F | None = None
     """The most recently arrived reference: the newest, as one camera's stream arrives in order."""
     last_released: F | None = None
+    held: _Held[F] | None = None
+    """The newest reference, released from pairing but kept for reference loss (``last_reference_ns``)."""
 
 
 class _Recent:
@@ -194,9 +208,13 @@ class Pairer(Generic[F]):
         match_by: MatchBy,
         *,
         max_references: int = 8,
+        last_reference_ns: int = 0,
     ) -> None:
-        if tolerance_ns < 0 or deadline_ns < 0:
-            raise ConfigError(f"tolerance_ns and deadline_ns must be >= 0, got {tolerance_ns}, {deadline_ns}")
+        if tolerance_ns < 0 or deadline_ns < 0 or last_reference_ns < 0:
+            raise ConfigError(
+                "tolerance_ns, deadline_ns and last_reference_ns must be >= 0, "
+                f"got {tolerance_ns}, {deadline_ns}, {last_reference_ns}"
+            )
         if max_pending < 1 or max_references < 1:
             raise ConfigError(f"max_pending and max_references must be >= 1, got {max_pending}, {max_references}")
         if match_by not in ("seq", "time"):
@@ -207,6 +225,7 @@ class Pairer(Generic[F]):
         self.deadline_ns = deadline_ns
         self.max_pending = max_pending
         self.max_references = max_references
+        self.last_reference_ns = last_reference_ns
         self.policy = policy
         self.match_by: MatchBy = match_by
         self.stats = PairingStats()
@@ -221,10 +240,19 @@ class Pairer(Generic[F]):
 
     def next_deadline_ns(self) -> int | None:
         """When `poll` next has something to do (a deadline or a reference release), or None if never."""
-        times = [r.refs[0].arrived_ns for r in self._rigs.values() if r.refs]
+        times = [r.refs[0].arrived_ns + self.deadline_ns for r in self._rigs.values() if r.refs]
+        times += [r.held.arrived_ns + self.last_reference_ns for r in self._rigs.values() if r.held]
         if self._pending:
-            times.append(self._pending[0].arrived_ns)
-        return min(times) + self.deadline_ns if times else None
+            times.append(self._pending[0].arrived_ns + self.deadline_ns)
+        return min(times) if times else None
+
+    def new_session(self, rig_id: int, camera_id: int, role: Role) -> None:
+        """A camera restarted (numbering anew): forget its recent frame keys and, for the rig's reference
+        camera, what the old reference stream said about late and lost references."""
+        self._seen.pop((rig_id, camera_id), None)
+        rig = self._rigs.get(rig_id)
+        if rig is not None and role == Role.REFERENCE:
+            rig.last_ref = rig.last_released = None
 
     def push(self, frame: F, now_ns: int) -> list[Event[F]]:
         """Take one received frame; return what to do, expired deadlines first."""
@@ -248,10 +276,13 @@ class Pairer(Generic[F]):
             frame = held.frame
             rig = self._rigs[frame.rig_id]
             rig.pending -= 1
-            events.append(self._resolve(rig, frame, self._deadline_reason(rig, held)))
+            events.append(self._resolve(rig, frame, self._deadline_reason(rig, held), now_ns))
         for rig in self._rigs.values():
             while rig.refs and rig.refs[0].arrived_ns + self.deadline_ns <= now_ns:
-                events.append(self._release(rig))
+                self._release(rig, now_ns, events)
+            if rig.held is not None and rig.held.arrived_ns + self.last_reference_ns <= now_ns:
+                events.append(ReleaseReference(rig.held.frame))
+                rig.held = None
         return events
 
     def _add_reference(self, rig: _Rig[F], ref: F, now_ns: int, events: list[Event[F]]) -> None:
@@ -259,14 +290,17 @@ class Pairer(Generic[F]):
         events.append(DecodeReference(ref))
         rig.refs.append(_Held(ref, now_ns))
         rig.last_ref = ref
+        if rig.held is not None:  # a newer reference replaces the one kept for reference loss
+            events.append(ReleaseReference(rig.held.frame))
+            rig.held = None
         if len(rig.refs) > self.max_references:
-            events.append(self._release(rig))
+            self._release(rig, now_ns, events)
         for held in [h for h in self._pending if h.frame.rig_id == ref.rig_id]:
             dep = held.frame
             if self._matches(ref, dep):
                 outcome: Event[F] = self._pair(dep, ref)
             elif self.policy is not PairingPolicy.WAIT and self._passed(rig, dep):
-                outcome = self._resolve(rig, dep, Reason.NO_REFERENCE)
+                outcome = self._resolve(rig, dep, Reason.NO_REFERENCE, now_ns)
             else:
                 continue
             self._pending.remove(held)
@@ -280,7 +314,7 @@ class Pairer(Generic[F]):
             return
         late = self._late(rig, dep)
         if self.policy is not PairingPolicy.WAIT and (late or self._passed(rig, dep)):
-            events.append(self._resolve(rig, dep, Reason.LATE if late else Reason.NO_REFERENCE))
+            events.append(self._resolve(rig, dep, Reason.LATE if late else Reason.NO_REFERENCE, now_ns))
             return
         self._pending.append(_Held(dep, now_ns, late))
         rig.pending += 1
@@ -288,7 +322,7 @@ class Pairer(Generic[F]):
             oldest = self._pending.popleft().frame
             oldest_rig = self._rigs[oldest.rig_id]
             oldest_rig.pending -= 1
-            events.append(self._resolve(oldest_rig, oldest, Reason.BUFFER_FULL))
+            events.append(self._resolve(oldest_rig, oldest, Reason.BUFFER_FULL, now_ns))
 
     def _matches(self, ref: F, dep: F) -> bool:
         if self.match_by == "seq":
@@ -329,26 +363,34 @@ class Pairer(Generic[F]):
         self.stats.paired += 1
         return DecodeDependent(dep, ref, Reason.PAIRED)
 
-    def _resolve(self, rig: _Rig[F], dep: F, reason: Reason) -> Event[F]:
-        """Apply the policy to an unpaired dependent."""
-        if self.policy is PairingPolicy.NO_SIDE_INFO:
-            self.stats.fallback[reason] += 1
-            return DecodeDependent(dep, None, reason)
+    def _resolve(self, rig: _Rig[F], dep: F, reason: Reason, now_ns: int) -> Event[F]:
+        """Apply the policy to an unpaired dependent (the last reference first, when configured)."""
         if self.policy is PairingPolicy.LATEST_REFERENCE:
             for held in reversed(rig.refs):
                 if abs(held.frame.t_capture_ns - dep.t_capture_ns) <= self.tolerance_ns:
                     self.stats.fallback[reason] += 1
                     return DecodeDependent(dep, held.frame, reason)
+        newest = rig.refs[-1] if rig.refs else rig.held
+        if self.last_reference_ns and newest is not None and now_ns - newest.arrived_ns <= self.last_reference_ns:
+            self.stats.fallback[reason] += 1
+            return DecodeDependent(dep, newest.frame, reason, last_reference=True)
+        if self.policy is PairingPolicy.NO_SIDE_INFO:
+            self.stats.fallback[reason] += 1
+            return DecodeDependent(dep, None, reason)
         return self._drop(dep, reason)
 
     def _drop(self, frame: F, reason: Reason) -> Dropped[F]:
         self.stats.dropped[reason] += 1
         return Dropped(frame, reason)
 
-    def _release(self, rig: _Rig[F]) -> ReleaseReference[F]:
-        ref = rig.refs.popleft().frame
-        rig.last_released = ref
-        return ReleaseReference(ref)
+    def _release(self, rig: _Rig[F], now_ns: int, events: list[Event[F]]) -> None:
+        """Release the rig's oldest kept reference (the newest one is held instead, for reference loss)."""
+        held = rig.refs.popleft()
+        rig.last_released = held.frame
+        if not rig.refs and self.last_reference_ns and now_ns < held.arrived_ns + self.last_reference_ns:
+            rig.held = held
+        else:
+            events.append(ReleaseReference(held.frame))
 
     def _rig(self, rig_id: int) -> _Rig[F]:
         rig = self._rigs.get(rig_id)
@@ -357,7 +399,7 @@ class Pairer(Generic[F]):
             return rig
         rig = self._rigs[rig_id] = _Rig()
         if len(self._rigs) > _MAX_IDLE_RIGS:
-            idle = (k for k, r in self._rigs.items() if not r.refs and not r.pending and k != rig_id)
+            idle = (k for k, r in self._rigs.items() if not r.refs and not r.pending and r.held is None and k != rig_id)
             forget = next(idle, None)
             if forget is not None:
                 del self._rigs[forget]

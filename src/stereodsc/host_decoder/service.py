@@ -1,12 +1,24 @@
 """The host decoder service: receive -> validate -> pair -> decode -> deliver.
 
 Every received message ends in exactly one outcome, counted by reason: rejected by the parser
-(typed `BitstreamError`), dropped by the admission limits (``rate_limited``, ``too_many_cameras``)
-or the pairing policy, or decoded (a reference, or a dependent with or without side information).
+(typed `BitstreamError`) or because its ids are not the ones its CURVE key is bound to
+(``KeyMismatch``), dropped by the admission limits (``rate_limited``, ``too_many_cameras``,
+``new_camera_limited``) or the pairing policy, or decoded (a reference, or a dependent with side
+information, with the rig's last reference after a reference loss, or without side information).
 CURVE handshakes refused by the camera-key allow-list never become messages; they are counted apart.
 Gaps in a camera's sequence numbers (frames lost before they reached the host) are counted too.
 Nothing in the loop can crash the service: an unexpected error while handling one frame is logged
 with its traceback, counted, and the loop goes on.
+
+Camera restarts: every frame carries its camera's session (`transport.Envelope`); a new session resets
+that camera's sequence state and pairing state and maps its numbering onto the rig's
+(`sessions.Sessions`), so a reboot costs the frames in flight, not the rest of the run.
+
+Crash-consistent accounting: with ``stats_file`` set, the statistics are rewritten atomically (a
+temporary file renamed over it) every ``stats_file_every_s`` and at exit (``"final": true``). The file
+is never torn, at most that old after a crash, and holds ``pending`` (frames acked and waiting for their
+pair: lost if the host dies then). A host that starts over a non-final file logs what the dead host
+left pending and reports it as ``previous_run``.
 
     receiver --bytes--> parse + bundle check --Frame--> admission (camera caps, rate) --Arrival-->
         pairer (events) --> decoders (by the frame's bundle id) --DecodedFrame--> sinks (callables)
@@ -19,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import threading
 import time
@@ -42,8 +55,10 @@ from stereodsc.host_decoder.pairing import (
     PairingPolicy,
     ReleaseReference,
 )
+from stereodsc.host_decoder.sessions import Sessions
 from stereodsc.host_decoder.sinks import DecodedFrame, FrameLogSink, PngSink, PublishSink, Sink
 from stereodsc.tomlio import load_toml, sections
+from stereodsc.transport import Envelope, Received
 from stereodsc.wire import Frame, Role, check_bundle, seq_delta, unpack
 
 if TYPE_CHECKING:
@@ -66,10 +81,12 @@ class HostSection:
     stats_every_s: float = 10.0
     max_frames: int = 0  # stop after this many received messages (0: never)
     idle_exit_s: float = 0.0  # stop when nothing arrived for this long after the first frame (0: never)
-    stats_file: str = ""  # write the final statistics here as JSON
+    stats_file: str = ""  # the statistics as JSON: rewritten atomically every stats_file_every_s and at exit
+    stats_file_every_s: float = 1.0  # how old stats_file may be after a crash
     max_cameras_per_rig: int = 0  # frames from further camera ids of a rig: dropped "too_many_cameras" (0: no limit)
     max_frames_per_s_per_camera: float = 0.0  # token bucket (1 s burst); beyond: dropped "rate_limited" (0: off)
-    stale_after_s: float = 0.0  # a camera silent this long is reported stale (log, stats "cameras") (0: off)
+    stale_after_s: float = 10.0  # silent this long: reported stale, its table slot may go to a new camera (0: never)
+    new_cameras_per_s: float = 4.0  # new camera ids one sender (key/connection) may add per s (burst 4x; 0: no limit)
     metrics_listen: str = ""  # "host:port": serve Prometheus metrics at http://host:port/metrics (empty: off)
     warm_sizes: list[str] = field(default_factory=lambda: ["128x256"])  # HxW decoded once at start-up
 
@@ -82,6 +99,7 @@ class PairingSection:
     max_pending: int = 64
     max_references: int = 8
     policy: str = "latest_reference"  # wait | latest_reference | no_side_info | drop
+    last_reference_ms: float = 0.0  # reference loss: decode unpaired dependents with a reference this young (0: off)
 
 
 @dataclass
@@ -95,7 +113,8 @@ class SinkSection:
 class SecuritySection:
     curve: bool = False  # false: plain TCP, anyone who reaches the port can send frames (logged at start)
     server_secret: str = ""  # the host's keypair (stereodsc keys new host): host.key_secret
-    allowed_keys: str = ""  # folder of the public keys (*.key) of the cameras let in
+    allowed_keys: str = ""  # folder of the public keys (*.key) of the cameras let in; rig<R>_cam<C>.key: bound
+    require_bound_keys: bool = False  # true: every key must be named rig<R>_cam<C>.key (no key sends as any camera)
 
 
 @dataclass
@@ -113,10 +132,15 @@ def host_config_from_dict(raw: dict[str, Any], source: str = "<host config>") ->
     if cfg.pairing.policy not in policies:
         raise ConfigError(f"{source}: [pairing] policy = {cfg.pairing.policy!r}; choose one of {policies}")
     h = cfg.host
-    if h.max_cameras_per_rig < 0 or h.max_frames_per_s_per_camera < 0 or h.stale_after_s < 0:
+    if min(h.max_cameras_per_rig, h.max_frames_per_s_per_camera, h.stale_after_s, h.new_cameras_per_s) < 0:
         raise ConfigError(
-            f"{source}: [host] max_cameras_per_rig, max_frames_per_s_per_camera and stale_after_s must be >= 0"
+            f"{source}: [host] max_cameras_per_rig, max_frames_per_s_per_camera, stale_after_s and "
+            "new_cameras_per_s must be >= 0"
         )
+    if h.stats_file_every_s <= 0:
+        raise ConfigError(f"{source}: [host] stats_file_every_s must be > 0 (seconds between stats_file writes)")
+    if cfg.pairing.last_reference_ms < 0:
+        raise ConfigError(f"{source}: [pairing] last_reference_ms must be >= 0 (0: off)")
     sec = cfg.security
     if sec.curve and not (sec.server_secret and sec.allowed_keys):
         raise ConfigError(f"{source}: [security] curve = true needs server_secret and allowed_keys")
@@ -161,10 +185,15 @@ class HostStats:
     decoded_reference: int = 0
     decoded_with_side_info: int = 0
     decoded_without_side_info: Counter[str] = field(default_factory=Counter)  # by reason
+    decoded_with_last_reference: Counter[str] = field(default_factory=Counter)  # reference loss, by reason
     dropped: Counter[str] = field(default_factory=Counter)  # by pairing reason, rate_limited, too_many_cameras
     decode_errors: Counter[str] = field(default_factory=Counter)
     sequence_gaps: int = 0  # frames a camera numbered but the host never received
     refused_keys: Counter[str] = field(default_factory=Counter)  # CURVE handshakes refused, by camera key
+    camera_restarts: Counter[str] = field(default_factory=Counter)  # new sessions, by how they were aligned
+    cameras_evicted: int = 0  # stale cameras whose table slot went to a new camera
+    pending: int = 0  # frames acked and waiting in the pairing buffer (set when the stats are written)
+    previous_run: dict[str, Any] = field(default_factory=dict)  # what a host that died left in stats_file
     link: ReceiverStats | None = None  # the receiver's own counters (acks_dropped, rejected_envelope)
     latency: LatencyStats = field(default_factory=LatencyStats)
     cameras: dict[tuple[int, int], CameraState] = field(default_factory=dict)  # (rig, camera) -> state
@@ -185,10 +214,15 @@ class HostStats:
             "decoded_reference": self.decoded_reference,
             "decoded_with_side_info": self.decoded_with_side_info,
             "decoded_without_side_info": dict(self.decoded_without_side_info),
+            "decoded_with_last_reference": dict(self.decoded_with_last_reference),
             "dropped": dict(self.dropped),
             "decode_errors": dict(self.decode_errors),
             "sequence_gaps": self.sequence_gaps,
             "refused_keys": dict(self.refused_keys),
+            "camera_restarts": dict(self.camera_restarts),
+            "cameras_evicted": self.cameras_evicted,
+            "pending": self.pending,
+            "previous_run": self.previous_run,
             "backend_fell_back": self.backend_fell_back,
             "link": {"acks_dropped": self.link.acks_dropped, "rejected_envelope": self.link.rejected_envelope}
             if self.link
@@ -204,8 +238,17 @@ class HostStats:
             for (r, c), st in sorted(self.cameras.items())
         }
 
+    def decoded(self) -> int:
+        """Frames decoded, every kind."""
+        return (
+            self.decoded_reference
+            + self.decoded_with_side_info
+            + sum(self.decoded_with_last_reference.values())
+            + sum(self.decoded_without_side_info.values())
+        )
+
     def line(self) -> str:
-        decoded = self.decoded_reference + self.decoded_with_side_info + sum(self.decoded_without_side_info.values())
+        decoded = self.decoded()
         lat = self.latency.percentiles().get("total", {})
         return (
             f"received {self.received}, decoded {decoded} ({self.decoded_with_side_info} with side info), "
@@ -215,18 +258,21 @@ class HostStats:
         )
 
 
-def _key(frame: Frame) -> tuple[int, int, int, int]:
-    return frame.rig_id, frame.camera_id, frame.seq, frame.t_capture_ns
+def _key(arrival: Arrival) -> tuple[int, int, int, int, int]:
+    f = arrival.frame
+    return f.rig_id, f.camera_id, arrival.session, f.seq, f.t_capture_ns
 
 
 @dataclass(frozen=True)
 class Arrival:
     """A parsed frame with what the host knew when it arrived, carried through the pairer (which sees
-    the frame's fields through the properties) to the decode."""
+    the frame's fields through the properties, its seq in the rig's numbering) to the decode."""
 
     frame: Frame
     received_at: float  # time.monotonic() at receipt
     wire_bytes: int
+    session: int = 0  # the camera's session (0: none announced)
+    rig_seq: int | None = None  # the frame's seq in the rig's numbering (`Sessions`); None: its own
 
     @property
     def rig_id(self) -> int:
@@ -242,7 +288,7 @@ class Arrival:
 
     @property
     def seq(self) -> int:
-        return self.frame.seq
+        return self.frame.seq if self.rig_seq is None else self.rig_seq
 
     @property
     def t_capture_ns(self) -> int:
@@ -250,7 +296,9 @@ class Arrival:
 
 
 class Receiver(Protocol):
-    """What the service reads frames from (`transport.FrameReceiver`, or a test's stand-in)."""
+    """What the service reads frames from (`transport.FrameReceiver`, or a test's stand-in). A frame
+    that is a `transport.Received` brings its camera's session, key and connection; plain bytes count
+    as session 0 from an unknown sender."""
 
     stats: ReceiverStats
 
@@ -273,6 +321,7 @@ class HostService:
         *,
         settings: HostSection | None = None,
         security: SecuritySection | None = None,
+        identities: Mapping[str, tuple[int, int]] | None = None,
     ) -> None:
         if not decoders:
             raise ConfigError("the host needs at least one bundle to decode with")
@@ -285,13 +334,22 @@ class HostService:
         self.pairer = pairer
         self.sinks = list(sinks)
         self.security = security or SecuritySection()
+        self.identities = dict(identities or {})  # CURVE key (z85) -> the (rig, camera) it may send as
         self._last_seq: dict[tuple[int, int], int] = {}
         self.admission = Admission(
-            h.max_cameras_per_rig, h.max_frames_per_s_per_camera, h.stale_after_s, on_evict=self._forget
+            h.max_cameras_per_rig,
+            h.max_frames_per_s_per_camera,
+            h.stale_after_s,
+            on_evict=self._forget,
+            new_cameras_per_s=h.new_cameras_per_s,
         )
+        self.sessions = Sessions(pairer.tolerance_ns, max(pairer.deadline_ns, 1_000_000_000))
         self.stats = HostStats(stale_after_s=h.stale_after_s, link=receiver.stats, cameras=self.admission.cameras)
         self.stats.backend_fell_back = any(d.fell_back for d in self.decoders.values())  # known after warm-up
-        self._references: dict[tuple[int, int, int, int], np.ndarray] = {}
+        self._references: dict[tuple[int, int, int, int, int], np.ndarray] = {}
+        self._stats_written_at = -float("inf")
+        if h.stats_file:
+            self.stats.previous_run = _previous_run(Path(h.stats_file))
         self._stop = False
         self._last_error_log: dict[str, float] = {}
         self._lock = threading.RLock()  # held while the loop updates the stats
@@ -333,9 +391,17 @@ class HostService:
             policy=PairingPolicy(p.policy),
             match_by=p.match_by,  # type: ignore[arg-type]
             max_references=p.max_references,
+            last_reference_ns=int(p.last_reference_ms * 1e6),
         )
+        curve = load_server_curve(sec.server_secret, sec.allowed_keys, sec.require_bound_keys) if sec.curve else None
+        if curve is not None and curve.unbound:
+            log.warning(
+                "camera keys not bound to a camera id (they may send as any camera): %s in %s; rename each to "
+                "rig<R>_cam<C>.key to bind it",
+                ", ".join(curve.unbound),
+                sec.allowed_keys,
+            )
         if receiver is None:
-            curve = load_server_curve(sec.server_secret, sec.allowed_keys) if sec.curve else None
             receiver = FrameReceiver(h.endpoint, rcvhwm=h.recv_hwm, max_frame_bytes=h.max_frame_bytes, curve=curve)
         sinks: list[Sink] = []
         if sinks_cfg.png_dir:
@@ -344,7 +410,8 @@ class HostService:
             sinks.append(PublishSink(DecodedPublisher(sinks_cfg.publish)))
         if sinks_cfg.frame_log:
             sinks.append(FrameLogSink(sinks_cfg.frame_log))
-        return cls(receiver, decoders, pairer, [*sinks, *callbacks], settings=h, security=sec)
+        identities = curve.identities if curve is not None else None
+        return cls(receiver, decoders, pairer, [*sinks, *callbacks], settings=h, security=sec, identities=identities)
 
     def metrics_text(self) -> str:
         """The statistics in the Prometheus text format, as a scrape sees them."""
@@ -383,6 +450,8 @@ class HostService:
                     break
                 self.check_liveness(now)
                 self.metrics_source.refresh(now)
+                if h.stats_file and now - self._stats_written_at >= h.stats_file_every_s:
+                    self.write_stats(final=False)
                 if now - last_stats >= h.stats_every_s:
                     log.info("host: %s", self.stats.line())
                     last_stats = now
@@ -396,6 +465,7 @@ class HostService:
             self._handle(data, received_at)
 
     def _handle(self, data: bytes, received_at: float) -> None:
+        envelope = data.envelope if isinstance(data, Received) else Envelope(0, None, b"")
         self.stats.received += 1
         self.stats.bytes_received += len(data)
         try:
@@ -407,15 +477,48 @@ class HostService:
             self.stats.rejected[type(e).__name__] += 1
             self._log_limited(type(e).__name__, "rejected a frame: %s", e)
             return
-        limited = self.admission.admit((frame.rig_id, frame.camera_id), received_at)
+        cam = (frame.rig_id, frame.camera_id)
+        bound = self.identities.get(envelope.key) if envelope.key is not None else None
+        if bound is not None and bound != cam:
+            self.stats.rejected["KeyMismatch"] += 1
+            self._log_limited(
+                "key-mismatch",
+                "rejected a frame as camera %d.%d from the key bound to camera %d.%d (%s)",
+                *cam,
+                *bound,
+                envelope.key,
+            )
+            return
+        evicted = self.admission.evicted
+        limited = self.admission.admit(cam, received_at, envelope.key or envelope.sender)
+        self.stats.cameras_evicted += self.admission.evicted - evicted
+        if self.admission.evicted != evicted:
+            self._log_limited("evicted", "camera table full: a stale camera's slot went to camera %d.%d", *cam)
         if limited:
             self.stats.dropped[limited] += 1
             self._log_limited(
                 f"drop-{limited}", "dropped camera %d.%d seq %d: %s", frame.rig_id, frame.camera_id, frame.seq, limited
             )
             return
+        now_ns = time.monotonic_ns()
+        previous = self.sessions.session_of(cam)
+        placed = self.sessions.place(cam, envelope.session, frame.seq, frame.t_capture_ns, now_ns)
+        if placed.restarted:
+            self.stats.camera_restarts[placed.aligned_by] += 1
+            self._last_seq.pop(cam, None)
+            self.pairer.new_session(frame.rig_id, frame.camera_id, frame.role)
+            log.info(
+                "camera %d.%d restarted (session %08x, was %08x): its seq %d is rig seq %d (aligned by %s)",
+                *cam,
+                envelope.session,
+                previous or 0,
+                frame.seq,
+                placed.rig_seq,
+                placed.aligned_by,
+            )
         self._count_gap(frame)
-        self.act(self.pairer.push(Arrival(frame, received_at, len(data)), time.monotonic_ns()))
+        arrival = Arrival(frame, received_at, len(data), envelope.session, placed.rig_seq)
+        self.act(self.pairer.push(arrival, now_ns))
 
     def act(self, events: list[Event[Arrival]]) -> None:
         with self._lock:
@@ -430,12 +533,14 @@ class HostService:
         if isinstance(event, DecodeReference):
             image = self._decode(event.frame, None)
             if image is not None:
-                self._references[_key(event.frame.frame)] = image
+                self._references[_key(event.frame)] = image
                 self.stats.decoded_reference += 1
         elif isinstance(event, DecodeDependent):
-            side = self._references.get(_key(event.reference.frame)) if event.reference is not None else None
+            side = self._references.get(_key(event.reference)) if event.reference is not None else None
             if self._decode(event.frame, side) is not None:
-                if side is not None:
+                if side is not None and event.last_reference:
+                    self.stats.decoded_with_last_reference[event.reason.value] += 1
+                elif side is not None:
                     self.stats.decoded_with_side_info += 1
                 else:
                     reason = event.reason.value if event.reference is None else "reference_undecodable"
@@ -452,7 +557,7 @@ class HostService:
                 event.reason.value,
             )
         elif isinstance(event, ReleaseReference):
-            self._references.pop(_key(event.frame.frame), None)
+            self._references.pop(_key(event.frame), None)
 
     def _decode(self, arrival: Arrival, side: np.ndarray | None) -> np.ndarray | None:
         """Decode and deliver one frame; a corrupt payload is counted and yields None."""
@@ -475,7 +580,14 @@ class HostService:
             self.stats.latency.add(f"decode_{stage}", seconds)
         latency = time.monotonic() - arrival.received_at
         out = DecodedFrame(
-            frame, decoded.image, side is not None, arrival.wire_bytes, decoded.symbols, latency, dict(decoded.timings)
+            frame,
+            decoded.image,
+            side is not None,
+            arrival.wire_bytes,
+            decoded.symbols,
+            latency,
+            dict(decoded.timings),
+            arrival.session,
         )
         for sink in self.sinks:
             sink(out)
@@ -516,12 +628,26 @@ class HostService:
             self._last_error_log[key] = now
             log.warning(msg + " (further ones are counted, logged once per interval)", *args)
 
+    def write_stats(self, final: bool) -> None:
+        """Replace ``stats_file`` atomically with the statistics now (a crash leaves the previous file)."""
+        path = Path(self.settings.stats_file)
+        with self._lock:
+            self.stats.pending = self.pairer.pending
+            body = {**self.stats.as_dict(), "final": final, "written_unix_s": round(time.time(), 3)}
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(body, f, indent=2)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        self._stats_written_at = time.monotonic()
+
     def close(self) -> None:
         if self.metrics is not None:
             self.metrics.close()
         log.info("host stopped: %s", self.stats.line())
         if self.settings.stats_file:
-            Path(self.settings.stats_file).write_text(json.dumps(self.stats.as_dict(), indent=2))
+            self.write_stats(final=True)
         self.receiver.close()
         for decoder in self.decoders.values():
             decoder.close()
@@ -529,6 +655,24 @@ class HostService:
             close = getattr(sink, "close", None)
             if close is not None:
                 close()
+
+
+def _previous_run(path: Path) -> dict[str, Any]:
+    """What the host that last wrote `path` left undone if it died (its file is not final); {} otherwise."""
+    try:
+        last = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(last, dict) or last.get("final", True):
+        return {}
+    previous = {k: last.get(k) for k in ("pending", "received", "written_unix_s")}
+    log.warning(
+        "the previous host died: its last statistics (%s) had %s frames acked and still pending (never decoded), "
+        "and frames it took after that moment are in no count",
+        path,
+        previous["pending"],
+    )
+    return previous
 
 
 def run_host_service(config: str | Path) -> int:

@@ -29,6 +29,7 @@ class DecodedFrame:
     symbols: np.ndarray  # int32: the decoded y symbols
     latency_s: float  # from receipt to delivery
     timings: dict[str, float] = field(default_factory=dict)  # the decoder's seconds per stage
+    session: int = 0  # the camera's session (0: none announced)
 
     @property
     def symbols_sha256(self) -> str:
@@ -51,6 +52,7 @@ class DecodedFrame:
             stages_ms(self.timings),
             side_info=self.side_info_used,
             latency_ms=round(self.latency_s * 1e3, 3),
+            session=self.session or None,
         )
 
 

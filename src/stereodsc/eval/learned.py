@@ -43,14 +43,14 @@ CHECKPOINTS_GROUP = "checkpoints"
 
 @dataclass(frozen=True)
 class EvalPair:
-    """One evaluated image: ``x`` is coded, ``y`` (the other camera) is the side information.
+    """One evaluated image: ``x`` is coded, ``side`` (the other camera) is the side information.
 
     Both are uint8 HxWx3 of one size, already preprocessed (paper protocol or native).
     """
 
     name: str
     x: np.ndarray
-    y: np.ndarray
+    side: np.ndarray
 
 
 @dataclass(frozen=True)
@@ -267,7 +267,7 @@ def code_learned(
         """y coded and decoded by the intra codec, once per (intra quality, image)."""
         key = (ref.name, quality, pair.name)
         if key not in decoded_sides:
-            decoded_sides[key] = coder.round_trip(ref, quality, pair.y, None, seq)[2]
+            decoded_sides[key] = coder.round_trip(ref, quality, pair.side, None, seq)[2]
         return decoded_sides[key]
 
     side_used: dict[str, dict[str, str]] = {}
@@ -285,7 +285,7 @@ def code_learned(
                 for seq, pair in enumerate(pairs):
                     side_image = None
                     if method.uses_side_info:
-                        side_image = pair.y if ref is None else decoded_side(ref, ref_q, pair, seq)
+                        side_image = pair.side if ref is None else decoded_side(ref, ref_q, pair, seq)
                     encoded, wire_bytes, decoded = coder.round_trip(method, point.index, pair.x, side_image, seq)
                     h, w = pair.x.shape[:2]
                     records.append(

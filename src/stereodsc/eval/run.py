@@ -95,16 +95,17 @@ def load_pairs(
         if both_directions:
             jobs.append((f"{name}_L", seq.left[t], seq.right[t]))
     out = []
-    for name, x_path, y_path in jobs[:max_images]:
-        x, y = read_rgb(x_path), read_rgb(y_path)
+    for name, x_path, side_path in jobs[:max_images]:
+        x, side = read_rgb(x_path), read_rgb(side_path)
         if protocol == "paper":
-            x, y = paper_protocol(x), paper_protocol(y)
-        if x.shape != y.shape:
+            x, side = paper_protocol(x), paper_protocol(side)
+        if x.shape != side.shape:
             raise DataError(
-                f"{x_path} is {x.shape[1]}x{x.shape[0]} but its side image {y_path} is {y.shape[1]}x{y.shape[0]}: "
-                "a pair must be two rectified views of one size (or use --protocol paper)"
+                f"{x_path} is {x.shape[0]}x{x.shape[1]} but its side image {side_path} is "
+                f"{side.shape[0]}x{side.shape[1]} (HxW): a pair must be two rectified views of one size "
+                "(or use --protocol paper)"
             )
-        out.append(EvalPair(name, x, y))
+        out.append(EvalPair(name, x, side))
     return out
 
 

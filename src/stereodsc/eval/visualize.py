@@ -2,12 +2,12 @@
 
 - NDIC / NDIC-CAM common vs private information: the decoder output with the other input blanked.
   Private = x's symbols with a 0.5-grey side image (what x's bits alone give); common = x's latent
-  zeroed with the real side image (what the decoder takes from y). Both run the bundle's host ONNX
+  zeroed with the real side image (what the decoder takes from the side image). Both run the bundle's host ONNX
   graph, whose inputs are exactly the symbols and the side image, so bundles and checkpoints work
   alike and what is shown is what is deployed.
 - DSIN's synthetic side image side_syn (the SI-Finder's patches of the side image): torch only, so it needs the
   checkpoint.
-- Correlation vs gain: per image, how alike x and y are (Pearson correlation of the grey images)
+- Correlation vs gain: per image, how alike x and its side image are (Pearson correlation of the grey images)
   against what the side-information codec gains over the no-side-information codec of the same
   source at the matching quality (PSNR gain and payload saving).
 """
@@ -39,7 +39,7 @@ from stereodsc.images import write_rgb
 log = logging.getLogger(__name__)
 
 COMMON_INFORMATION_MODELS = ("ndic", "ndic_cam")
-"""Models whose decoder splits into x's private latent and the common information w = f(y)."""
+"""Models whose decoder splits into x's private latent and the common information w = f(side)."""
 
 
 def _panel(path: Path, items: Sequence[tuple[str, np.ndarray]]) -> Path:
@@ -85,7 +85,7 @@ def information_images(
             if host is None:
                 raise DataError(f"{method.name}: no host graph for {h}x{w} images; re-export the bundle for this size")
             symbols = coder.encoder(method, point.index).encode(pair.x).symbols[None]
-            side = pad(pair.y, codec.stride)[None]
+            side = pad(pair.side, codec.stride)[None]
             outputs = {
                 "decoded": _host_decode(sessions, host, symbols, side, (h, w)),
                 "private": _host_decode(sessions, host, symbols, np.full_like(side, NEUTRAL_SIDE), (h, w)),
@@ -96,8 +96,8 @@ def information_images(
                 written.append(folder / f"{pair.name}_{kind}.png")
             items = [
                 (f"x ({pair.name})", pair.x),
-                ("side image y", pair.y),
-                (f"{method.name} {quality_label(point.index)}: decoded with x's bits and y", outputs["decoded"]),
+                ("side image", pair.side),
+                (f"{method.name} {quality_label(point.index)}: x's bits + the side image", outputs["decoded"]),
                 ("private information: x's bits, side blanked to 0.5 grey", outputs["private"]),
                 ("common information: x's latent zeroed, real side image", outputs["common"]),
             ]
@@ -120,16 +120,16 @@ def dsin_images(method: LearnedMethod, pairs: Sequence[EvalPair], out_dir: Path)
         folder = out_dir / method.name / quality_label(index)
         for pair in pairs:
             h, w = pair.x.shape[:2]
-            x, y = (to_float(torch.from_numpy(pad(img, model.stride))[None]) for img in (pair.x, pair.y))
+            x, side = (to_float(torch.from_numpy(pad(img, model.stride))[None]) for img in (pair.x, pair.side))
             with torch.no_grad():
-                out = model(x, y)
+                out = model(x, side)
             images = {k: np.ascontiguousarray(crop(to_uint8(out[k])[0].numpy(), (h, w))) for k in ("x_dec", "side_syn")}
             for kind, image in images.items():
                 write_rgb(folder / f"{pair.name}_{kind}.png", image)
                 written.append(folder / f"{pair.name}_{kind}.png")
             items = [
                 (f"x ({pair.name})", pair.x),
-                ("side image y", pair.y),
+                ("side image", pair.side),
                 ("x_dec: x decoded from its bits alone (before SI-Net)", images["x_dec"]),
                 ("side_syn: SI-Finder's patches of the side image matched to x_dec", images["side_syn"]),
                 ("x_hat: SI-Net refinement", np.ascontiguousarray(crop(to_uint8(out["x_hat"])[0].numpy(), (h, w)))),
@@ -138,10 +138,10 @@ def dsin_images(method: LearnedMethod, pairs: Sequence[EvalPair], out_dir: Path)
     return written
 
 
-def correlation(x: np.ndarray, y: np.ndarray) -> float:
+def correlation(x: np.ndarray, side: np.ndarray) -> float:
     """Pearson correlation of the grey (channel-mean) images: how alike the two views are."""
     a = np.asarray(x, np.float64).mean(axis=-1).ravel()
-    b = np.asarray(y, np.float64).mean(axis=-1).ravel()
+    b = np.asarray(side, np.float64).mean(axis=-1).ravel()
     if a.std() == 0.0 or b.std() == 0.0:
         return 0.0
     return float(np.corrcoef(a, b)[0, 1])
@@ -153,7 +153,7 @@ def correlation_gain(
     """Per (side-information method, its intra partner, quality, image): correlation and gains."""
     by_key = {(r.method, r.quality, r.image): r for r in records}
     by_name = {m.name: m for m in methods}
-    corr = {pair.name: correlation(pair.x, pair.y) for pair in pairs}
+    corr = {pair.name: correlation(pair.x, pair.side) for pair in pairs}
     points = []
     for si_name, intras in intra_partners(methods).items():
         si = by_name[si_name]
@@ -179,7 +179,7 @@ def correlation_gain(
 
 
 def plot_correlation_gain(points: Sequence[dict[str, Any]], path: Path) -> Path:
-    """One scatter PNG: correlation on x; PSNR gain (left) and payload saving (right) on y."""
+    """One scatter PNG: correlation across; PSNR gain (left) and payload saving (right) up."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -194,7 +194,7 @@ def plot_correlation_gain(points: Sequence[dict[str, Any]], path: Path) -> Path:
         for name, pts in series.items():
             ax.scatter([p["correlation"] for p in pts], [p[key] for p in pts], s=14, label=name)
         ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_xlabel("correlation of x and y (Pearson, grey)")
+        ax.set_xlabel("correlation of x and its side image (Pearson, grey)")
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.set_title(f"side information: {label.split(' (')[0]} per image")

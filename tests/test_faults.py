@@ -18,7 +18,7 @@ import pytest
 
 from fakes import IdleReceiver
 from stereodsc.codec.encoder import EdgeEncoder
-from stereodsc.host_decoder.service import HostService, host_config_from_dict
+from stereodsc.host_decoder.service import HostService, host_config_from_dict, load_host_config
 from stereodsc.pipeline import STEREO, collect, edge_config, free_port, host_config, run_pipeline, spawn, wait
 from tiny_models import bundle_dir, sample_pair
 
@@ -218,3 +218,47 @@ def test_each_camera_restart_costs_only_the_frames_in_flight(stereo: Path, tmp_p
     for cam in (0, 1):  # the second run of each camera ended cleanly: everything it sent is accounted for
         edge = run.edge_stats[cam]
         assert edge["sent"] == edge["acked"] + edge["lost"] and edge["acked"] > 0
+
+
+def _accounted(stats: dict[str, Any]) -> int:
+    """Every outcome a received message can have, and the frames still waiting for their pair."""
+    decoded = stats["decoded_reference"] + stats["decoded_with_side_info"]
+    decoded += sum(stats["decoded_with_last_reference"].values()) + sum(stats["decoded_without_side_info"].values())
+    outcomes = sum(stats["rejected"].values()) + sum(stats["dropped"].values()) + sum(stats["decode_errors"].values())
+    return int(decoded + outcomes + stats["pending"])
+
+
+def test_a_killed_host_leaves_consistent_counts(stereo: Path, tmp_path: Path) -> None:
+    """SIGKILL the host mid-stream: its stats_file is a complete snapshot (atomic rewrites), at most
+    stats_file_every_s old, whose counts add up (pending included); the next host reports what it left."""
+    port = free_port()
+    extra = {"host": {"stats_file_every_s": 0.2}, "pairing": {"policy": "wait"}}
+    host_cfg = host_config(tmp_path, port, stereo, idle_exit_s=0.0, extra=extra)
+    host = spawn("host", host_cfg)
+    cams = [spawn("edge", edge_config(tmp_path, port, stereo, cam, frames=0, fps=8.0, loop=True)) for cam in STEREO]
+    stats_file = tmp_path / "host_stats.json"
+    try:
+        _await(lambda: stats_file.exists() and json.loads(stats_file.read_text())["received"] >= 12,
+               "the host wrote no running statistics", [host, *cams])  # fmt: skip
+        host.send_signal(signal.SIGKILL)
+        assert host.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        for proc in (host, *cams):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    stats = json.loads(stats_file.read_text())
+    assert stats["final"] is False and stats["received"] >= 12
+    assert stats["received"] == _accounted(stats), stats
+    cfg = load_host_config(host_cfg)
+    cfg.host.endpoint = f"tcp://127.0.0.1:{free_port()}"
+    service = HostService.from_config(cfg, receiver=IdleReceiver())
+    try:
+        assert service.stats.previous_run == {
+            "pending": stats["pending"],
+            "received": stats["received"],
+            "written_unix_s": stats["written_unix_s"],
+        }
+    finally:
+        service.close()
+    assert json.loads(stats_file.read_text())["final"] is True

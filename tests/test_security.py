@@ -273,3 +273,79 @@ def test_deploy_configs_parse(name: str) -> None:
     path = Path(__file__).parent.parent / "deploy" / f"{name}.toml"
     cfg = (load_host_config if name == "host" else load_edge_config)(path)
     assert cfg.security.curve
+
+
+def test_keys_named_rig_cam_are_bound_to_their_ids(keys: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "bound"
+    folder.mkdir()
+    (folder / "rig1_cam0.key").write_bytes((keys / "cam0.key").read_bytes())
+    (folder / "cam1.key").write_bytes((keys / "cam1.key").read_bytes())
+    curve = load_server_curve(str(keys / "host.key_secret"), str(folder))
+    cam0 = load_client_curve(str(keys / "cam0.key_secret"), str(keys / "host.key")).public.decode()
+    assert curve.identities == {cam0: (1, 0)} and curve.unbound == ("cam1.key",) and len(curve.allowed) == 2
+    with pytest.raises(ConfigError, match=r"require_bound_keys = true, but cam1\.key .* rename each to rig<R>_cam<C>"):
+        load_server_curve(str(keys / "host.key_secret"), str(folder), require_bound=True)
+    (folder / "rig1_cam5.key").write_bytes((keys / "cam0.key").read_bytes())
+    with pytest.raises(ConfigError, match="one key, one camera"):
+        load_server_curve(str(keys / "host.key_secret"), str(folder))
+
+
+def test_a_frame_whose_ids_are_not_its_keys_is_rejected_and_counted(
+    stereo: Path, keys: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """cam0's key is bound to rig 1 camera 0: as camera 0 it is decoded, as camera 5 (impersonation, or an
+    id flood) rejected. cam1's key is unbound: any ids pass, as before keys were bound (logged at start)."""
+    folder = tmp_path / "bound"
+    folder.mkdir()
+    (folder / "rig1_cam0.key").write_bytes((keys / "cam0.key").read_bytes())
+    (folder / "cam1.key").write_bytes((keys / "cam1.key").read_bytes())
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    security = {**_host_security(keys), "allowed_keys": str(folder)}
+    cfg = host_config_from_dict({"host": {"endpoint": endpoint, "bundle": str(stereo)}, "security": security})
+    with caplog.at_level(logging.WARNING, logger="stereodsc.host"):
+        service = HostService.from_config(cfg)
+    assert any("cam1.key" in r.getMessage() and "rig<R>_cam<C>.key" in r.getMessage() for r in caplog.records)
+    bound = load_client_curve(str(keys / "cam0.key_secret"), str(keys / "host.key"))
+    unbound = load_client_curve(str(keys / "cam1.key_secret"), str(keys / "host.key"))
+    frames = _frames(service, 0, 3) + _frames(service, 5, 3)
+    with FrameSender(endpoint, curve=bound) as a, FrameSender(endpoint, curve=unbound) as b:
+        try:
+            _serve(service, [(a, frames), (b, _frames(service, 7, 3))], seconds=30)
+            deadline = time.monotonic() + 10
+            while service.stats.received < 9 and time.monotonic() < deadline:
+                data = service.receiver.recv(timeout_ms=50)
+                if data is not None:
+                    service.handle(data, time.monotonic())
+        finally:
+            service.close()
+    assert service.stats.rejected == {"KeyMismatch": 3}
+    assert service.stats.decoded_reference == 6 and set(service.stats.cameras) == {(1, 0), (1, 7)}
+
+
+def test_a_refused_camera_rehandshakes_once_its_key_is_allowed(keys: Path) -> None:
+    """libzmq never retries a refused handshake: the camera opens a new socket after rehandshake_ms without
+    a connection, says why it dropped frames, and gets through once the restarted host allows its key."""
+    from stereodsc.transport import FrameReceiver
+
+    host = load_server_curve(str(keys / "host.key_secret"), str(keys / "allowed"))
+    intruder = load_client_curve(str(keys / "intruder.key_secret"), str(keys / "host.key"))
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    with FrameSender(endpoint, curve=intruder, rehandshake_ms=200, rehandshake_max_ms=400) as sender:
+        with FrameReceiver(endpoint, curve=host) as refusing:
+            deadline = time.monotonic() + 10
+            while not refusing.refused_keys() and time.monotonic() < deadline:
+                sender.send(b"x")
+                time.sleep(0.02)
+            for _ in range(20):
+                assert not sender.send(b"x")
+                time.sleep(0.02)
+        assert sender.stats.dropped_by["refused_key"] > 0 and sender.last_drop == "refused_key"
+        allowed = type(host)(host.public, host.secret, host.allowed | {intruder.public}, host.allowed_dir)
+        with FrameReceiver(endpoint, curve=allowed) as receiver:
+            got = None
+            deadline = time.monotonic() + 20
+            while got is None and time.monotonic() < deadline:
+                sender.send(b"let in")
+                got = receiver.recv(timeout_ms=20)
+            assert got == b"let in" and got.envelope.key == intruder.public.decode()
+            assert sender.stats.rehandshakes >= 1 and sender.down_reason is None

@@ -497,11 +497,12 @@ class FrameSender(_Link):
                     self._changed_at = time.monotonic()
                 self.down_reason = None
                 self._backoff_s = self._rehandshake_s
-            elif event in _DOWN_REASON and not (event == zmq.EVENT_CONNECT_RETRIED and self.down_reason):
-                # a retry after a refusal is still the refusal; otherwise the latest event says why
+            elif event in _DOWN_REASON:
                 if self.down_reason is None:
                     self._changed_at = time.monotonic()
-                self.down_reason = _DOWN_REASON[event]
+                reason = _DOWN_REASON[event]  # a refusal's disconnect and retries are still the refusal
+                if reason != "no_host" or self.down_reason in (None, "no_host"):
+                    self.down_reason = reason
         return dropped
 
     def _rehandshake_if_silent(self) -> None:
@@ -511,7 +512,7 @@ class FrameSender(_Link):
         if self.down_reason is None or now - self._changed_at < self._backoff_s:
             return
         log.warning(
-            "no connection to %s for %.0f s (%s): opening a new socket (next try in %.0f s)",
+            "no connection to %s for %.1f s (%s): opening a new socket (next try in %.1f s)",
             self._target,
             now - self._changed_at,
             DROP_REASONS.get(self.down_reason, self.down_reason),

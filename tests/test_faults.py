@@ -19,6 +19,7 @@ import pytest
 from fakes import IdleReceiver
 from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.host_decoder.service import HostService, host_config_from_dict, load_host_config
+from stereodsc.host_decoder.sinks import DecodedFrame
 from stereodsc.pipeline import STEREO, collect, edge_config, free_port, host_config, run_pipeline, spawn, wait
 from tiny_models import bundle_dir, sample_pair
 
@@ -232,7 +233,7 @@ def test_a_killed_host_leaves_consistent_counts(stereo: Path, tmp_path: Path) ->
     """SIGKILL the host mid-stream: its stats_file is a complete snapshot (atomic rewrites), at most
     stats_file_every_s old, whose counts add up (pending included); the next host reports what it left."""
     port = free_port()
-    extra = {"host": {"stats_file_every_s": 0.2}, "pairing": {"policy": "wait"}}
+    extra: dict[str, dict[str, Any]] = {"host": {"stats_file_every_s": 0.2}, "pairing": {"policy": "wait"}}
     host_cfg = host_config(tmp_path, port, stereo, idle_exit_s=0.0, extra=extra)
     host = spawn("host", host_cfg)
     cams = [spawn("edge", edge_config(tmp_path, port, stereo, cam, frames=0, fps=8.0, loop=True)) for cam in STEREO]
@@ -262,3 +263,32 @@ def test_a_killed_host_leaves_consistent_counts(stereo: Path, tmp_path: Path) ->
     finally:
         service.close()
     assert json.loads(stats_file.read_text())["final"] is True
+
+
+def test_reference_loss_decodes_dependents_with_the_last_reference(stereo: Path) -> None:
+    """The reference camera dies after frame 0: with last_reference_ms its dependents are decoded with that
+    reference (counted apart, by reason) instead of dropped, until it is older than last_reference_ms."""
+    cfg = host_config_from_dict(
+        {
+            "host": {"bundle": str(stereo)},
+            "pairing": {"policy": "drop", "deadline_ms": 100.0, "last_reference_ms": 60_000.0},
+        }
+    )
+    decoded: list[DecodedFrame] = []
+    service = HostService.from_config(cfg, callbacks=[decoded.append], receiver=IdleReceiver())
+    try:
+        left, right = sample_pair()
+        ref_enc, dep_enc = EdgeEncoder(service.bundle, "intra", 0), EdgeEncoder(service.bundle, "side_info", 0)
+        ref, dep = ref_enc.encode(left), dep_enc.encode(right)
+        service.handle(ref_enc.frame(ref, rig_id=1, camera_id=0, seq=0, t_capture_ns=0).pack(), time.monotonic())
+        for seq in range(3):
+            data = dep_enc.frame(dep, rig_id=1, camera_id=1, seq=seq, t_capture_ns=seq * 100_000_000).pack()
+            service.handle(data, time.monotonic())
+        time.sleep(0.25)
+        service.act(service.pairer.poll(time.monotonic_ns()))
+        s = service.stats
+        assert s.decoded_with_side_info == 1 and dict(s.decoded_with_last_reference) == {"stale": 2}
+        assert not s.dropped and s.pending == 0 and s.decoded() == 4
+        assert [d.side_info_used for d in decoded] == [False, True, True, True]
+    finally:
+        service.close()

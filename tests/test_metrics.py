@@ -258,3 +258,20 @@ def test_the_service_scrape_does_not_wait_on_its_decode_lock(stereo: Path) -> No
             assert time.monotonic() - t0 < 2.0
     finally:
         service.close()
+
+
+def test_restarts_evictions_reference_loss_and_pending_are_exported() -> None:
+    stats = _stats()
+    stats.camera_restarts["capture_time"] += 2
+    stats.cameras_evicted = 3
+    stats.decoded_with_last_reference["stale"] += 4
+    stats.rejected["KeyMismatch"] += 5
+    stats.dropped["new_camera_limited"] += 6
+    stats.pending = 7
+    s = _parse(MetricsSnapshot.of(stats).render())
+    assert _get(s, "stereodsc_camera_restarts_total", aligned_by="capture_time") == 2
+    assert _get(s, "stereodsc_cameras_evicted_total") == 3
+    assert _get(s, "stereodsc_frames_decoded_total", kind="with_last_reference", reason="stale") == 4
+    assert _get(s, "stereodsc_frames_rejected_total", reason="KeyMismatch") == 5
+    assert _get(s, "stereodsc_frames_dropped_total", reason="new_camera_limited") == 6
+    assert _get(s, "stereodsc_frames_pending") == 7

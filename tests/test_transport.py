@@ -179,7 +179,7 @@ def test_stalled_host_is_reset_by_heartbeats_and_flow_resumes() -> None:
 def test_oversized_message_is_not_delivered_and_the_link_recovers() -> None:
     with (
         FrameReceiver("tcp://127.0.0.1:*", max_frame_bytes=1000) as receiver,
-        FrameSender(receiver.endpoint) as sender,
+        FrameSender(receiver.endpoint, max_frame_bytes=1000) as sender,
     ):
         connect(sender, receiver)
         assert sender.send(b"x" * 1001)
@@ -193,6 +193,9 @@ def test_oversized_message_is_not_delivered_and_the_link_recovers() -> None:
         while (data := receiver.recv(timeout_ms=100)) is not None:
             assert len(data) <= 1000
         assert receiver.stats.rejected_envelope == 0
+        # the host cannot report it; the camera counts the reset and blames the oversize frame in flight
+        sender.poll_acks()
+        assert sender.stats.link_resets >= 1 and sender.stats.oversize_resets == 1
 
 
 def test_message_without_the_token_envelope_is_rejected_and_counted(receiver: FrameReceiver) -> None:
@@ -353,3 +356,17 @@ def test_a_host_restart_counts_what_was_in_flight_lost_and_frees_the_window() ->
                 got = second.recv(timeout_ms=20)
             assert got == b"after restart"
         assert sender.stats.lost == 2
+
+
+def test_each_frame_carries_its_camera_session(receiver: FrameReceiver) -> None:
+    """The session id rides in the ack token: the host learns a camera restarted from its first frame."""
+    with FrameSender(receiver.endpoint, session=0xCAFE) as a, FrameSender(receiver.endpoint) as b:
+        connect(a, receiver)
+        got = recv_n(receiver, 1, send_all(a, [b"from a"], receiver))
+        assert got == [b"from a"] and got[0].envelope.session == 0xCAFE and got[0].envelope.key is None  # type: ignore[attr-defined]
+        connect(b, receiver)
+        (frame,) = recv_n(receiver, 1, send_all(b, [b"from b"], receiver))
+        assert frame.envelope.session == b.session != 0  # type: ignore[attr-defined]
+        assert a.drain(2000) == 0 and a.stats.acked == a.stats.sent
+    with pytest.raises(ConfigError, match="32-bit"):
+        FrameSender(receiver.endpoint, session=1 << 32)

@@ -17,7 +17,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from socketserver import ThreadingMixIn
 from typing import TYPE_CHECKING, Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
@@ -94,6 +94,10 @@ class MetricsSnapshot:
     cameras: tuple[CameraSnapshot, ...]
     latency: dict[str, HistogramSnapshot]
     link: dict[str, int]  # the receiver's counters: rejected_envelope, acks_dropped, ...
+    decoded_with_last_reference: dict[str, int] = field(default_factory=dict)  # reference loss, by reason
+    camera_restarts: dict[str, int] = field(default_factory=dict)  # new sessions, by how they were aligned
+    cameras_evicted: int = 0
+    pending: int = 0
 
     @classmethod
     def of(cls, stats: HostStats) -> MetricsSnapshot:
@@ -120,6 +124,10 @@ class MetricsSnapshot:
                 for stage, h in stats.latency.histograms.items()
             },
             link=_counters(stats.link),
+            decoded_with_last_reference=dict(stats.decoded_with_last_reference),
+            camera_restarts=dict(stats.camera_restarts),
+            cameras_evicted=stats.cameras_evicted,
+            pending=stats.pending,
         )
 
     def families(self) -> list[Metric]:
@@ -141,6 +149,8 @@ class MetricsSnapshot:
         decoded.add_sample(name + "_total", {"kind": "with_side_info"}, self.decoded_with_side_info)
         for reason, n in sorted(self.decoded_without_side_info.items()):
             decoded.add_sample(name + "_total", {"kind": "without_side_info", "reason": reason}, n)
+        for reason, n in sorted(self.decoded_with_last_reference.items()):
+            decoded.add_sample(name + "_total", {"kind": "with_last_reference", "reason": reason}, n)
         out: list[Metric] = [
             counter("frames_received", "Messages received on the frame socket.", self.received),
             counter("bytes_received", "Bytes of the received messages.", self.bytes_received),
@@ -150,6 +160,15 @@ class MetricsSnapshot:
             counter("decode_errors", "Frames not decodable, by error.", error=self.decode_errors),
             counter("sequence_gaps", "Frames numbered but never received.", self.sequence_gaps),
             counter("refused_keys", "CURVE handshakes refused (allow-list).", self.refused_keys),
+            counter(
+                "camera_restarts",
+                "Cameras back with a new session, by how they were aligned.",
+                aligned_by=self.camera_restarts,
+            ),
+            counter("cameras_evicted", "Stale cameras whose table slot went to a new camera.", self.cameras_evicted),
+            GaugeMetricFamily(
+                PREFIX + "frames_pending", "Frames acked and waiting for their pair.", value=self.pending
+            ),
         ]
         for name, n in sorted(self.link.items()):
             out.append(counter(f"link_{name}", LINK_HELP.get(name, f"Receiver counter {name}."), n))

@@ -528,6 +528,7 @@ class HostService:
                 except Exception as e:  # a bug must cost one frame, never the service
                     self.stats.decode_errors[type(e).__name__] += 1
                     log.exception("error while handling %s", type(event).__name__)
+            self.stats.pending = self.pairer.pending
 
     def _act(self, event: Event[Arrival]) -> None:
         if isinstance(event, DecodeReference):
@@ -632,7 +633,6 @@ class HostService:
         """Replace ``stats_file`` atomically with the statistics now (a crash leaves the previous file)."""
         path = Path(self.settings.stats_file)
         with self._lock:
-            self.stats.pending = self.pairer.pending
             body = {**self.stats.as_dict(), "final": final, "written_unix_s": round(time.time(), 3)}
         tmp = path.with_name(f".{path.name}.tmp")
         with open(tmp, "w") as f:

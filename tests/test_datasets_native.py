@@ -57,6 +57,18 @@ def test_native_crops_come_from_every_source(shared_data: Path, tmp_path: Path) 
     assert x.shape == side.shape == (1, 3, 256, 512)
 
 
+def test_validation_reports_each_held_out_data_set(shared_data: Path, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = tiny_config(tmp_path, "balle2017")
+    cfg["data"] = {"kind": "native_mix", "path": str(shared_data), "protocol": "native", "crop": [256, 512]}
+    cfg["train"]["max_val_pairs"] = 29
+    trainer = Trainer(config_from_dict(cfg), progress=False)
+    trainer._validate_and_log([])
+    by_source = trainer.metrics["val_by_source"]
+    assert set(by_source) == set(MIX_SOURCES)
+    assert all(0 < m["psnr"] < 60 and m["bpp"] > 0 for m in by_source.values())
+
+
 def test_side_codec_gives_the_decoded_reference_view(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     intra = train(config_from_dict(tiny_config(tmp_path / "intra", "balle2017", steps=1)), progress=False)

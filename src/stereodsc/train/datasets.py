@@ -148,6 +148,11 @@ MIX_SOURCES = {
 }
 
 
+def mix_source(path: Path) -> str | None:
+    """Which data set of the native mix an image belongs to (None: none of them)."""
+    return next((key for key, source in MIX_SOURCES.items() if source.folder in path.parts), None)
+
+
 def _named_pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
     """`<name>_L` / `<name>_R` pairs of a folder by name."""
     seq = folder_sequence(folder)

@@ -37,6 +37,7 @@ from .datasets import (
     kitti_list_pairs,
     kitti_raw_sequence,
     make_pairs,
+    mix_source,
     native_mix_pairs,
 )
 from .losses import distortion_fn, ms_ssim, psnr
@@ -323,11 +324,11 @@ class Trainer:
         }
 
     @torch.no_grad()
-    def validate(self) -> dict[str, float]:
-        """Loss, shared rate-distortion loss, estimated bpp (rounded latents), PSNR and MS-SSIM on the
-        held-out pairs."""
+    def validate_pairs(self) -> list[dict[str, float]]:
+        """Per held-out pair: loss, shared rate-distortion loss, estimated bpp (rounded latents), PSNR
+        and MS-SSIM."""
         self.model.eval()
-        sums = {"loss": 0.0, "rd_loss": 0.0, "bpp": 0.0, "psnr": 0.0, "ms_ssim": 0.0}
+        records = []
         for i in range(len(self.val_set)):
             xi, side_i = self.val_set.get(i)
             x, side = to_tensor([xi]), to_tensor([side_i])
@@ -336,14 +337,22 @@ class Trainer:
             out = self.model(xp, side_p)
             terms = self.model.loss(out, xp, side_p, self.cfg.train.lmbda, self.distortion)
             x_hat = out["x_hat"][..., :h, :w].clamp(0, 1)
-            sums["loss"] += terms["loss"].item()
-            # The objective every model shares (rate of x + its distortion), comparable across models;
-            # "loss" also holds model-specific terms (NDIC's side-branch and common-information rates).
-            sums["rd_loss"] += self.cfg.train.lmbda * 255**2 * terms["distortion"].item() + terms["bpp"].item()
-            sums["bpp"] += bits(out["likelihoods"].values()).item() / (h * w)
-            sums["psnr"] += psnr(x_hat, x)
-            sums["ms_ssim"] += ms_ssim(x_hat, x).item() if min(h, w) >= ms_ssim_min_side() else math.nan
-        return {k: v / len(self.val_set) for k, v in sums.items()}
+            records.append(
+                {
+                    "loss": terms["loss"].item(),
+                    # The objective every model shares (rate of x + its distortion), comparable across models;
+                    # "loss" also holds model-specific terms (NDIC's side-branch and common-information rates).
+                    "rd_loss": self.cfg.train.lmbda * 255**2 * terms["distortion"].item() + terms["bpp"].item(),
+                    "bpp": bits(out["likelihoods"].values()).item() / (h * w),
+                    "psnr": psnr(x_hat, x),
+                    "ms_ssim": ms_ssim(x_hat, x).item() if min(h, w) >= ms_ssim_min_side() else math.nan,
+                }
+            )
+        return records
+
+    def validate(self) -> dict[str, float]:
+        """The held-out pairs' mean of every `validate_pairs` metric."""
+        return _mean(self.validate_pairs())
 
     def log(self, record: dict[str, Any]) -> None:
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -390,7 +399,8 @@ class Trainer:
 
     def _validate_and_log(self, window: list[dict[str, float]]) -> None:
         train = {k: float(np.mean([s[k] for s in window])) for k in window[0]} if window else {}
-        val = self.validate()
+        records = self.validate_pairs()
+        val = _mean(records)
         self.scheduler.step(val["loss"])
         lr = self.optimizer.param_groups[0]["lr"]
         self.metrics = {
@@ -400,10 +410,20 @@ class Trainer:
             "train": train,
             "val": val,
         }
+        sources = [mix_source(pair.x) for pair in self.val_set.pairs]
+        if any(sources):  # the native mix: each data set's held-out pairs on their own
+            groups = sorted({s for s in sources if s})
+            self.metrics["val_by_source"] = {
+                g: _mean([r for r, s in zip(records, sources, strict=True) if s == g]) for g in groups
+            }
         self.log(self.metrics)
         if val["loss"] < self.best_val:
             self.best_val = val["loss"]
             self.save(self.out_dir / "best.pt")
+
+
+def _mean(records: list[dict[str, float]]) -> dict[str, float]:
+    return {k: float(np.mean([r[k] for r in records])) for k in records[0]}
 
 
 class _NoBar:

@@ -55,7 +55,7 @@ bench: $(BIN)/stereodsc
 LAMBDAS = kitti kitti_l0.0008 kitti_l0.0003 kitti_l0.0001
 WEIGHTS = $(foreach m,balle2017 ndic dsin,$(foreach l,$(LAMBDAS),runs/$(m)_$(l)/finished)) runs/ndic_cam_kitti/finished
 
-weights: $(NATIVE_WEIGHTS) $(WEIGHTS)
+weights: native-weights $(WEIGHTS)
 
 runs/%/finished: configs/%.toml | $(BIN)/stereodsc
 	$(BIN)/stereodsc train --config $< --resume

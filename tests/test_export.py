@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from stereodsc.bundle import MANIFEST, load_bundle
+from stereodsc.codec.coding import load_coding
 from stereodsc.errors import BundleError, CheckpointError, ConfigError
 from stereodsc.export import DEFAULT_SIZES, ParityError, ParityResult, export_bundle
 from stereodsc.export import exporter as exporter_module
@@ -62,7 +63,7 @@ def test_stereo_bundle_manifest_and_parity(stereo: Path) -> None:
             assert q.parity is not None and q.parity["sizes"] == ["384x1248", "64x128"]  # dynamic graphs run at both
             assert q.parity["host_max_abs_diff"] <= 1
             assert q.parity["psnr_delta_db_max"] < 0.01
-            assert q.load_tables()["y"].num_rows == 8
+            assert load_coding(codec, q).tables["y"].num_rows == 8
 
 
 def test_float16_weights_halve_the_bundle_and_keep_parity(

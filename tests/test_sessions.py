@@ -38,11 +38,31 @@ def test_a_restart_is_aligned_by_capture_time_when_the_clocks_agree() -> None:
     for i in range(10):
         s.place(REF, 0xA, 100 + i, T0 + i * FRAME_NS, i * FRAME_NS)
         s.place(DEP, 0xB, 100 + i, T0 + i * FRAME_NS + 2 * MS, i * FRAME_NS + MS)
-    # the dependent camera reboots: its frame 0 was captured with the reference's frame 107
-    placed = s.place(DEP, 0xC, 0, T0 + 7 * FRAME_NS + 3 * MS, 10 * FRAME_NS)
-    assert (placed.rig_seq, placed.restarted, placed.aligned_by) == (107, True, "capture_time")
-    assert s.place(DEP, 0xC, 1, T0 + 8 * FRAME_NS, 10 * FRAME_NS + MS).rig_seq == 108
+    # the dependent camera reboots: its frame 0 was captured with the reference's newest frame, 109
+    placed = s.place(DEP, 0xC, 0, T0 + 9 * FRAME_NS + 3 * MS, 10 * FRAME_NS)
+    assert (placed.rig_seq, placed.restarted, placed.aligned_by) == (109, True, "capture_time")
+    assert s.place(DEP, 0xC, 1, T0 + 10 * FRAME_NS, 10 * FRAME_NS + MS).rig_seq == 110
     assert s.restarts == 1 and s.session_of(DEP) == 0xC
+
+
+def test_only_the_newest_frames_count_for_a_capture_time_match() -> None:
+    """A replayed file repeats its timestamps: matching an old frame would put the camera behind for good."""
+    s = sessions()
+    for i in range(10):
+        s.place(REF, 0xA, 100 + i, T0 + (i % 4) * FRAME_NS, i * FRAME_NS)  # a 4-frame loop
+        s.place(DEP, 0xB, 100 + i, T0 + (i % 4) * FRAME_NS, i * FRAME_NS + MS)
+    placed = s.place(DEP, 0xC, 0, T0 + 3 * FRAME_NS, 10 * FRAME_NS)  # seen at 103 and 107, not in 108, 109
+    assert (placed.rig_seq, placed.aligned_by) == (109, "arrival")
+
+
+def test_a_camera_first_seen_late_is_aligned_by_capture_time() -> None:
+    """A camera that starts (or gets through) after the rig: onto the frame captured with its first."""
+    s = sessions()
+    for i in range(5):
+        s.place(REF, 0xA, 40 + i, T0 + i * FRAME_NS, i * FRAME_NS)
+    placed = s.place(DEP, 0xB, 0, T0 + 4 * FRAME_NS + MS, 5 * FRAME_NS)
+    assert (placed.rig_seq, placed.restarted, placed.aligned_by) == (44, False, "capture_time")
+    assert s.place(DEP, 0xB, 1, T0 + 5 * FRAME_NS, 6 * FRAME_NS).rig_seq == 45
 
 
 def test_a_restart_without_matching_clocks_is_aligned_by_arrival() -> None:
@@ -62,8 +82,8 @@ def test_frames_of_an_earlier_session_keep_their_place() -> None:
     """Frames of a dead connection still queued at the host are not taken for yet another restart."""
     s = sessions()
     s.place(DEP, 0xB, 40, T0, 0)
-    s.place(REF, 0xA, 50, T0, 1)
-    assert s.place(DEP, 0xC, 0, T0 + 5 * MS, 2).rig_seq == 50
+    s.place(REF, 0xA, 50, T0 + 5 * FRAME_NS, 1)
+    assert s.place(DEP, 0xC, 0, T0 + 5 * FRAME_NS, 2).rig_seq == 50
     late = s.place(DEP, 0xB, 41, T0 + FRAME_NS, 3)
     assert (late.rig_seq, late.restarted) == (41, False)
     assert s.session_of(DEP) == 0xC and s.restarts == 1

@@ -203,7 +203,6 @@ class CameraNode:
         """Copy the link's delivery counts into the node's statistics (for the log line and the end)."""
         link = self.sender.stats
         self.stats.acked, self.stats.lost = link.acked, link.lost
-        self.stats.dropped_by = dict(link.dropped_by)
         self.stats.rehandshakes, self.stats.link_resets = link.rehandshakes, link.link_resets
         self.stats.oversize_resets = link.oversize_resets
 
@@ -296,6 +295,8 @@ class CameraNode:
                     self.stats.bytes_sent += len(data)
                 else:
                     self.stats.dropped += 1
+                    reason = self.sender.last_drop or "no_host"
+                    self.stats.dropped_by[reason] = self.stats.dropped_by.get(reason, 0) + 1
                 if log_file:
                     record = FrameRecord(
                         cam.rig_id,

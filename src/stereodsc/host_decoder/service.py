@@ -86,7 +86,7 @@ class HostSection:
     max_cameras_per_rig: int = 0  # frames from further camera ids of a rig: dropped "too_many_cameras" (0: no limit)
     max_frames_per_s_per_camera: float = 0.0  # token bucket (1 s burst); beyond: dropped "rate_limited" (0: off)
     stale_after_s: float = 10.0  # silent this long: reported stale, its table slot may go to a new camera (0: never)
-    new_cameras_per_s: float = 4.0  # new camera ids one sender (key/connection) may add per s (burst 4x; 0: no limit)
+    new_cameras_per_s: float = 1.0  # new camera ids one sender (key/connection) may add per s (burst 4x; 0: no limit)
     metrics_listen: str = ""  # "host:port": serve Prometheus metrics at http://host:port/metrics (empty: off)
     warm_sizes: list[str] = field(default_factory=lambda: ["128x256"])  # HxW decoded once at start-up
 

@@ -4,15 +4,19 @@ Pure (the clock is passed in), like `pairing`. Each camera start draws a random 
 rides on every message (`stereodsc.transport`). `Sessions.place` turns a frame's own sequence number into
 the rig's numbering, the one the pairer matches on (``match_by = "seq"``):
 
-- The first session the host sees of a camera keeps the camera's own numbering: cameras started
-  together from a common trigger number alike (as before sessions), and after a host restart every
-  camera goes on with the numbers it had.
-- A camera that comes back with a new session (a reboot, a restarted daemon or replayed file) is
-  re-based, once, at its first frame: onto the rig frame of another camera captured within
-  ``tolerance_ns`` of it (cameras with synchronised clocks: exact), else onto the newest frame another
-  camera of the rig sent within ``window_ns`` (arrival order: pairs frames captured about one frame
-  interval apart), else it goes on from its own last number. So pairing resumes with the restarted
-  camera's first frame; the frames lost are those in flight when it died.
+- A capture-time match comes first: when one of the two newest frames of another camera of the rig
+  was captured within ``tolerance_ns`` of the camera's first frame, the camera takes that frame's
+  number (cameras with synchronised clocks: exact). Only the newest frames count: a frame that
+  arrived long ago cannot have been captured with one arriving now, and replayed files repeat their
+  timestamps (matching an older loop would put the camera behind the rig for good).
+- Otherwise the first session the host sees of a camera keeps the camera's own numbering: cameras
+  started together from a common trigger number alike (as before sessions), and after a host restart
+  every camera goes on with the numbers it had.
+- Otherwise a camera that comes back with a new session (a reboot, a restarted daemon or replayed
+  file) is re-based onto the newest frame another camera of the rig sent within ``window_ns``
+  (arrival order: pairs frames captured about one frame interval apart), else it goes on from its own
+  last number. So pairing resumes with the restarted camera's first frame; the frames lost are those
+  in flight when it died.
 - Session 0 ("none announced", a sender from before sessions) is never re-based.
 - A few earlier sessions keep their mapping: frames of a dead connection still queued at the host are
   placed where they belong instead of being taken for a new session.
@@ -83,10 +87,12 @@ class Sessions:
         state = self._cameras.get(cam)
         restarted, aligned_by = False, ""
         if state is None:
-            state = self._cameras[cam] = _Camera(session, 0, seq)
+            matched = self._by_capture_time(cam, seq, t_capture_ns, now_ns) if session else None
+            offset = 0 if matched is None else matched
+            aligned_by = "" if matched is None else "capture_time"
+            state = self._cameras[cam] = _Camera(session, offset, (seq + offset) % U32)
             if len(self._cameras) > self.max_cameras:
                 self._cameras.popitem(last=False)
-            offset = 0
         else:
             self._cameras.move_to_end(cam)
             if session == state.session or session == 0:
@@ -107,15 +113,31 @@ class Sessions:
         self._remember(cam, rig_seq, t_capture_ns, now_ns)
         return Placed(rig_seq, restarted, aligned_by)
 
-    def _align(self, cam: CameraId, seq: int, t_capture_ns: int, now_ns: int, state: _Camera) -> tuple[int, str]:
-        """The offset of a new session: by capture time, else by arrival, else after its own last number."""
-        recent = [
+    def _recent(self, cam: CameraId, now_ns: int) -> list[_Seen]:
+        """The frames of the rig's other cameras that arrived within ``window_ns``, oldest first."""
+        return [
             s for s in self._history.get(cam[0], ()) if s.camera != cam[1] and now_ns - s.arrived_ns <= self.window_ns
         ]
-        close = [s for s in recent if abs(s.t_capture_ns - t_capture_ns) <= self.tolerance_ns]
-        if close:
-            best = min(reversed(close), key=lambda s: abs(s.t_capture_ns - t_capture_ns))
-            return (best.rig_seq - seq) % U32, "capture_time"
+
+    def _by_capture_time(self, cam: CameraId, seq: int, t_capture_ns: int, now_ns: int) -> int | None:
+        """The offset onto the closest in capture time of each other camera's two newest frames, if within
+        tolerance; None otherwise."""
+        newest: dict[int, list[_Seen]] = {}
+        for s in reversed(self._recent(cam, now_ns)):
+            if len(newest.setdefault(s.camera, [])) < 2:
+                newest[s.camera].append(s)
+        close = [s for two in newest.values() for s in two if abs(s.t_capture_ns - t_capture_ns) <= self.tolerance_ns]
+        if not close:
+            return None
+        best = min(close, key=lambda s: abs(s.t_capture_ns - t_capture_ns))
+        return (best.rig_seq - seq) % U32
+
+    def _align(self, cam: CameraId, seq: int, t_capture_ns: int, now_ns: int, state: _Camera) -> tuple[int, str]:
+        """The offset of a new session: by capture time, else by arrival, else after its own last number."""
+        matched = self._by_capture_time(cam, seq, t_capture_ns, now_ns)
+        if matched is not None:
+            return matched, "capture_time"
+        recent = self._recent(cam, now_ns)
         if recent:
             return (recent[-1].rig_seq - seq) % U32, "arrival"
         return (state.last_rig_seq + 1 - seq) % U32, "own"

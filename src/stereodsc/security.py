@@ -43,6 +43,7 @@ class ServerCurve:
 BOUND_KEY_NAME = re.compile(r"rig(\d+)_cam(\d+)\.key")
 """A camera key file bound to (rig, camera): ``rig1_cam0.key``."""
 
+
 @dataclass(frozen=True)
 class ClientCurve:
     """A camera's keypair and the host's public key (all z85)."""

@@ -30,7 +30,7 @@ examples:
   stereodsc calibrate --left 'cal/left*.jpg' --right 'cal/right*.jpg' --board 9x6 --square 0.025 -o rig.toml
   stereodsc calibrate --check rig.toml --left L.png --right R.png -o check.png
   stereodsc calibrate --import-kitti calib_cam_to_cam.txt -o rig.toml
-  stereodsc keys new cam1 --dir keys               a CURVE key pair for an authenticated camera link
+  stereodsc keys new rig1_cam1 --dir keys          a CURVE key pair bound to rig 1, camera 1
   stereodsc encode left.png --model default --codec intra -o left.sdf
   stereodsc decode left.sdf -o left_decoded.png    the frame names its bundle: a shipped one is found by id
 
@@ -439,10 +439,11 @@ def build_parser() -> argparse.ArgumentParser:
         "keys",
         help="create CURVE key pairs for authenticated, encrypted camera links",
         description="Create a CURVE key pair (NAME.key public, NAME.key_secret private) with ZeroMQ's tools. "
-        "The host only accepts cameras whose public key is in its allowed_keys folder.",
+        "The host only accepts cameras whose public key is in its allowed_keys folder; a key named "
+        "rig<R>_cam<C> may only send as rig R, camera C (frames under other ids are rejected and counted).",
     )
     k.add_argument("action", choices=("new",), help="new: create a key pair")
-    k.add_argument("name", help="file name of the pair, e.g. the camera's name or 'host'")
+    k.add_argument("name", help="file name of the pair: rig<R>_cam<C> for a camera (binds its ids), or 'host'")
     k.add_argument("--dir", default="keys", help="folder to write into (default keys/)")
     k.set_defaults(func=cmd_keys)
 

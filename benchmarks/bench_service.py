@@ -52,6 +52,9 @@ class NoReceiver:
     def refused_keys(self) -> list[str]:
         return []
 
+    def ack(self, envelope: object) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

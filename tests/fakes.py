@@ -18,5 +18,8 @@ class IdleReceiver:
     def refused_keys(self) -> list[str]:
         return []
 
+    def ack(self, envelope: object) -> None:
+        pass
+
     def close(self) -> None:
         self.closed = True

@@ -292,3 +292,41 @@ def test_reference_loss_decodes_dependents_with_the_last_reference(stereo: Path)
         assert [d.side_info_used for d in decoded] == [False, True, True, True]
     finally:
         service.close()
+
+
+def test_a_frame_a_camera_counts_acked_has_an_outcome_even_after_a_host_crash(stereo: Path, tmp_path: Path) -> None:
+    """The host acks a frame once it has an outcome (here: decoded), not on receipt. Dependent frames
+    waiting for their references when the host is SIGKILLed were never acked: their camera counts them
+    lost. So every frame a camera counts acked is in the dead host's frame log, and sent = acked + lost."""
+    port = free_port()
+    # The dependent camera runs ahead of the reference camera: its frames wait for their pairs.
+    extra: dict[str, dict[str, Any]] = {"pairing": {"policy": "wait", "deadline_ms": 60_000.0, "max_pending": 256}}
+    host = spawn("host", host_config(tmp_path, port, stereo, idle_exit_s=0.0, extra=extra))
+    link = {"link": {"drain_s": 0.5, "max_in_flight": 64}}
+    cams = [
+        spawn("edge", edge_config(tmp_path, port, stereo, cam, frames=0, fps=fps, loop=True, extra=link))
+        for cam, fps in zip(STEREO, (2.0, 10.0), strict=True)
+    ]
+    frames_log = tmp_path / "host_frames.jsonl"
+    try:
+        _await(lambda: frames_log.exists() and len(frames_log.read_text().splitlines()) >= 6,
+               "the host decoded nothing", [host, *cams])  # fmt: skip
+        host.send_signal(signal.SIGKILL)
+        assert host.wait(timeout=10) == -signal.SIGKILL
+        time.sleep(1.0)  # the cameras see the connection close: what was in flight counts lost at once
+        for proc in cams:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) in (0, 1)
+    finally:
+        for proc in (host, *cams):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    decoded = [json.loads(line) for line in frames_log.read_text().splitlines()]
+    for cam in STEREO:
+        edge = json.loads((tmp_path / f"edge{cam.camera_id}_stats.json").read_text())
+        logged = sum(r["camera"] == cam.camera_id for r in decoded)
+        assert edge["sent"] == edge["acked"] + edge["lost"], edge
+        assert edge["acked"] <= logged <= edge["acked"] + 1, (cam, edge, logged)  # +1: killed between log and ack
+    dependent = json.loads((tmp_path / "edge1_stats.json").read_text())
+    assert dependent["lost"] >= 1, "the dependent frames waiting for their pairs were counted lost"

@@ -141,6 +141,8 @@ class Envelope:
     """The camera's CURVE public key (z85), as ZAP authenticated its connection; None on a plain link."""
     sender: bytes
     """The connection it came on (ROUTER routing id): one per camera link, new after each reconnect."""
+    token: bytes = b""
+    """The frame's ack token: `FrameReceiver.ack` sends it back (empty: nothing to ack)."""
 
 
 class Received(bytes):
@@ -555,8 +557,11 @@ class FrameSender(_Link):
 
 
 class FrameReceiver(_Link):
-    """The host's end: binds a ROUTER socket that every camera connects to (with `curve`: only allowed ones)
-    and acks every frame it takes."""
+    """The host's end: binds a ROUTER socket that every camera connects to (with `curve`: only allowed ones).
+
+    `ack_on_receipt` acks each frame as it is taken; without it the owner acks each frame with `ack`
+    once it reached an outcome (the host service: decoded, dropped or rejected), so a frame a camera
+    counts acked is never one that a crashed host still held."""
 
     def __init__(
         self,
@@ -569,7 +574,9 @@ class FrameReceiver(_Link):
         heartbeat_timeout_ms: int = 3000,
         context: zmq.Context[zmq.Socket[bytes]] | None = None,
         curve: ServerCurve | None = None,
+        ack_on_receipt: bool = True,
     ) -> None:
+        self.ack_on_receipt = ack_on_receipt
         if rcvhwm < 1:
             raise ConfigError(f"rcvhwm must be >= 1 (0 would mean an unbounded queue), got {rcvhwm}")
         if max_frame_bytes < 1:
@@ -596,9 +603,19 @@ class FrameReceiver(_Link):
         self.stats.refused_auth += len(keys)
         return keys
 
+    def ack(self, envelope: Envelope) -> None:
+        """Send a frame's ack to its camera (never blocks; an ack that cannot be queued is counted in
+        ``acks_dropped``, and the camera then counts that frame lost: an over-count, never an under-count)."""
+        if not envelope.token:
+            return
+        try:
+            self._socket.send_multipart([envelope.sender, envelope.token], zmq.NOBLOCK)
+        except zmq.ZMQError:  # the camera's return queue is full or it just went away
+            self.stats.acks_dropped += 1
+
     def recv(self, timeout_ms: int) -> Received | None:
-        """The next frame (acked to its camera) with its `Envelope`, or None if none came within
-        `timeout_ms` (0: don't wait).
+        """The next frame with its `Envelope` (acked to its camera if `ack_on_receipt`), or None if none
+        came within `timeout_ms` (0: don't wait).
 
         Messages that are not ``[token, frame]`` are discarded and counted; the wait goes on until the timeout.
         """
@@ -618,17 +635,15 @@ class FrameReceiver(_Link):
                 self.stats.rejected_envelope += 1
                 continue
             peer, token, data = parts[0].bytes, parts[1].bytes, parts[2]
-            try:
-                self._socket.send_multipart([peer, token], zmq.NOBLOCK)
-            except zmq.ZMQError:  # the camera's return queue is full or it just went away
-                self.stats.acks_dropped += 1
+            if self.ack_on_receipt:
+                self.ack(Envelope(0, None, peer, token))
             self.stats.received += 1
             try:
                 user_id = data.get("User-Id") if self._allow_list is not None else None
                 key = user_id if isinstance(user_id, str) else None
             except zmq.ZMQError:
                 key = None
-            return Received.of(data.bytes, Envelope(_TOKEN.unpack(token)[0], key, peer))
+            return Received.of(data.bytes, Envelope(_TOKEN.unpack(token)[0], key, peer, token))
 
 
 class DecodedPublisher(_Link):

@@ -77,6 +77,7 @@ class HostSection:
     engine_cache: str = ""  # TensorRT engines (empty: $CACHE_DIRECTORY under systemd, else ~/.cache/stereodsc)
     fallback: str = ""  # "cpu": run on the CPU when the GPU backend cannot (logged, in the stats); empty: refuse
     max_frame_bytes: int = 1 << 20
+    ack: str = "outcome"  # "outcome": a frame is acked once decoded, dropped or rejected; "receipt": on arrival
     recv_hwm: int = 64
     stats_every_s: float = 10.0
     max_frames: int = 0  # stop after this many received messages (0: never)
@@ -150,6 +151,8 @@ def host_config_from_dict(raw: dict[str, Any], source: str = "<host config>") ->
         parse_listen(h.metrics_listen, source)
     if h.fallback not in ("", "cpu"):
         raise ConfigError(f"{source}: [host] fallback = {h.fallback!r}; choose 'cpu' or leave it empty (refuse)")
+    if h.ack not in ("outcome", "receipt"):
+        raise ConfigError(f"{source}: [host] ack = {h.ack!r}; choose 'outcome' (the default) or 'receipt'")
     return cfg
 
 
@@ -273,6 +276,7 @@ class Arrival:
     wire_bytes: int
     session: int = 0  # the camera's session (0: none announced)
     rig_seq: int | None = None  # the frame's seq in the rig's numbering (`Sessions`); None: its own
+    envelope: Envelope | None = None  # what the link knows of it: its ack goes back once it has an outcome
 
     @property
     def rig_id(self) -> int:
@@ -305,6 +309,8 @@ class Receiver(Protocol):
     def recv(self, timeout_ms: int) -> bytes | None: ...
 
     def refused_keys(self) -> list[str]: ...
+
+    def ack(self, envelope: Envelope) -> None: ...
 
     def close(self) -> None: ...
 
@@ -402,7 +408,13 @@ class HostService:
                 sec.allowed_keys,
             )
         if receiver is None:
-            receiver = FrameReceiver(h.endpoint, rcvhwm=h.recv_hwm, max_frame_bytes=h.max_frame_bytes, curve=curve)
+            receiver = FrameReceiver(
+                h.endpoint,
+                rcvhwm=h.recv_hwm,
+                max_frame_bytes=h.max_frame_bytes,
+                curve=curve,
+                ack_on_receipt=h.ack == "receipt",
+            )
         sinks: list[Sink] = []
         if sinks_cfg.png_dir:
             sinks.append(PngSink(sinks_cfg.png_dir))
@@ -465,7 +477,22 @@ class HostService:
             self._handle(data, received_at)
 
     def _handle(self, data: bytes, received_at: float) -> None:
+        """Parse and admit one message; a message that ends here (rejected, dropped) is acked here, one
+        that goes on is acked when the pairer's event for it has run (`act`)."""
         envelope = data.envelope if isinstance(data, Received) else Envelope(0, None, b"")
+        arrival = self._admit(data, envelope, received_at)
+        if arrival is None:
+            self._ack(envelope)
+        else:
+            self.act(self.pairer.push(arrival, time.monotonic_ns()))
+
+    def _ack(self, envelope: Envelope | None) -> None:
+        """Ack a frame that reached its outcome (with ``[host] ack = "outcome"``, the default)."""
+        if envelope is not None and envelope.token and self.settings.ack == "outcome":
+            self.receiver.ack(envelope)
+
+    def _admit(self, data: bytes, envelope: Envelope, received_at: float) -> Arrival | None:
+        """The message as an `Arrival` for the pairer, or None when it was rejected or dropped (counted)."""
         self.stats.received += 1
         self.stats.bytes_received += len(data)
         try:
@@ -476,7 +503,7 @@ class HostService:
         except BitstreamError as e:
             self.stats.rejected[type(e).__name__] += 1
             self._log_limited(type(e).__name__, "rejected a frame: %s", e)
-            return
+            return None
         cam = (frame.rig_id, frame.camera_id)
         bound = self.identities.get(envelope.key) if envelope.key is not None else None
         if bound is not None and bound != cam:
@@ -488,7 +515,7 @@ class HostService:
                 *bound,
                 envelope.key,
             )
-            return
+            return None
         evicted = self.admission.evicted
         limited = self.admission.admit(cam, received_at, envelope.key or envelope.sender)
         self.stats.cameras_evicted += self.admission.evicted - evicted
@@ -499,7 +526,7 @@ class HostService:
             self._log_limited(
                 f"drop-{limited}", "dropped camera %d.%d seq %d: %s", frame.rig_id, frame.camera_id, frame.seq, limited
             )
-            return
+            return None
         now_ns = time.monotonic_ns()
         previous = self.sessions.session_of(cam)
         placed = self.sessions.place(cam, envelope.session, frame.seq, frame.t_capture_ns, now_ns)
@@ -517,8 +544,7 @@ class HostService:
                 placed.aligned_by,
             )
         self._count_gap(frame)
-        arrival = Arrival(frame, received_at, len(data), envelope.session, placed.rig_seq)
-        self.act(self.pairer.push(arrival, now_ns))
+        return Arrival(frame, received_at, len(data), envelope.session, placed.rig_seq, envelope)
 
     def act(self, events: list[Event[Arrival]]) -> None:
         with self._lock:
@@ -528,6 +554,9 @@ class HostService:
                 except Exception as e:  # a bug must cost one frame, never the service
                     self.stats.decode_errors[type(e).__name__] += 1
                     log.exception("error while handling %s", type(event).__name__)
+                finally:
+                    if not isinstance(event, ReleaseReference):  # the frame's outcome: decoded or dropped
+                        self._ack(event.frame.envelope)
             self.stats.pending = self.pairer.pending
 
     def _act(self, event: Event[Arrival]) -> None:

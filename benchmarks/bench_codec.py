@@ -34,7 +34,7 @@ import numpy as np
 import common
 from stereodsc.bundle import Bundle
 from stereodsc.codec import EdgeEncoder, HostDecoder
-from stereodsc.records import FrameRecord, stages_ms, symbols_digest
+from stereodsc.records import FrameRecord
 from stereodsc.wire import Frame, unpack
 
 THREADS = {"1": 1, "default": 0}  # label -> EdgeEncoder/HostDecoder(threads=...): 0 is onnxruntime's default
@@ -62,20 +62,7 @@ def bench_edge(
             frame = enc.frame(encoded, rig_id=1, camera_id=camera, seq=seq, t_capture_ns=i)
             data = frame.pack()
             t2 = time.perf_counter()
-            record = FrameRecord(
-                1,
-                camera,
-                enc.role.camera,
-                seq,
-                i,
-                encoded.height,
-                encoded.width,
-                len(data),
-                encoded.payload_bytes,
-                symbols_digest(encoded.symbols),
-                stages_ms(encoded.timings),
-                sent=True,
-            )
+            record = FrameRecord.of(frame, encoded.symbols, encoded.timings, len(data), sent=True)
             audit_log.write(record.to_json() + "\n")
             audit_log.flush()
             t3 = time.perf_counter()

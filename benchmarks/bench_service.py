@@ -35,28 +35,8 @@ import numpy as np
 import common
 from stereodsc.bundle import Bundle
 from stereodsc.codec import EdgeEncoder
-from stereodsc.host_decoder.service import HostConfig, HostSection, HostService, SinkSection
+from stereodsc.host_decoder.service import HostConfig, HostSection, HostService, InProcessReceiver, SinkSection
 from stereodsc.host_decoder.sinks import DecodedFrame
-from stereodsc.transport import ReceiverStats
-
-
-class NoReceiver:
-    """The service's receiver when the benchmark hands it the frames: binds no socket, receives nothing."""
-
-    def __init__(self) -> None:
-        self.stats = ReceiverStats()
-
-    def recv(self, timeout_ms: int) -> bytes | None:
-        return None
-
-    def refused_keys(self) -> list[str]:
-        return []
-
-    def ack(self, envelope: object) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def packed_pairs(bundle: Bundle, pairs: list[common.Pair], count: int) -> list[tuple[bytes, bytes]]:
@@ -84,7 +64,7 @@ def bench_size(bundle: Bundle, work: common.Workload, frames: int, warmup: int) 
         sinks=SinkSection(frame_log=frame_log.name),
     )
     load_before = common.load1()
-    service = HostService.from_config(cfg, [delivered.append], receiver=NoReceiver())
+    service = HostService.from_config(cfg, [delivered.append], receiver=InProcessReceiver())
     handle, decode, overhead = [], [], []
     try:
         for i, (ref, dep) in enumerate(pairs):

@@ -16,9 +16,8 @@ from typing import Any
 
 import pytest
 
-from fakes import IdleReceiver
 from stereodsc.codec.encoder import EdgeEncoder
-from stereodsc.host_decoder.service import HostService, host_config_from_dict, load_host_config
+from stereodsc.host_decoder.service import HostService, InProcessReceiver, host_config_from_dict, load_host_config
 from stereodsc.host_decoder.sinks import DecodedFrame
 from stereodsc.pipeline import STEREO, collect, edge_config, free_port, host_config, run_pipeline, spawn, wait
 from tiny_models import bundle_dir, sample_pair
@@ -118,7 +117,7 @@ def test_frames_past_the_deadline(stereo: Path, policy: str) -> None:
             "pairing": {"policy": policy, "deadline_ms": 100.0},
         }
     )
-    service = HostService.from_config(cfg, receiver=IdleReceiver())
+    service = HostService.from_config(cfg, receiver=InProcessReceiver())
     try:
         left, right = sample_pair()
         ref_enc, dep_enc = EdgeEncoder(service.bundle, "intra", 0), EdgeEncoder(service.bundle, "side_info", 0)
@@ -253,7 +252,7 @@ def test_a_killed_host_leaves_consistent_counts(stereo: Path, tmp_path: Path) ->
     assert stats["received"] == _accounted(stats), stats
     cfg = load_host_config(host_cfg)
     cfg.host.endpoint = f"tcp://127.0.0.1:{free_port()}"
-    service = HostService.from_config(cfg, receiver=IdleReceiver())
+    service = HostService.from_config(cfg, receiver=InProcessReceiver())
     try:
         assert service.stats.previous_run == {
             "pending": stats["pending"],
@@ -275,7 +274,7 @@ def test_reference_loss_decodes_dependents_with_the_last_reference(stereo: Path)
         }
     )
     decoded: list[DecodedFrame] = []
-    service = HostService.from_config(cfg, callbacks=[decoded.append], receiver=IdleReceiver())
+    service = HostService.from_config(cfg, callbacks=[decoded.append], receiver=InProcessReceiver())
     try:
         left, right = sample_pair()
         ref_enc, dep_enc = EdgeEncoder(service.bundle, "intra", 0), EdgeEncoder(service.bundle, "side_info", 0)

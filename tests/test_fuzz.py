@@ -19,11 +19,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fakes import IdleReceiver
 from stereodsc.codec.decoder import HostDecoder
 from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.errors import BitstreamError
-from stereodsc.host_decoder.service import HostService, HostStats, host_config_from_dict
+from stereodsc.host_decoder.service import HostService, HostStats, InProcessReceiver, host_config_from_dict
 from stereodsc.host_decoder.sinks import DecodedFrame
 from stereodsc.wire import MAX_DIM, MAX_ID, Frame, Role
 from tiny_models import bundle_dir, sample_pair
@@ -55,7 +54,7 @@ class Harness:
     def __init__(self, bundle: Path) -> None:
         cfg = host_config_from_dict({"host": {"bundle": str(bundle)}})
         self.decoded: list[DecodedFrame] = []
-        self.service = HostService.from_config(cfg, callbacks=[self.decoded.append], receiver=IdleReceiver())
+        self.service = HostService.from_config(cfg, callbacks=[self.decoded.append], receiver=InProcessReceiver())
         bundle_obj = self.service.bundle
         left, right = sample_pair()
         ref_enc, dep_enc = EdgeEncoder(bundle_obj, "intra", 0), EdgeEncoder(bundle_obj, "side_info", 0)

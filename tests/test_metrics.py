@@ -16,11 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from fakes import IdleReceiver
 from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.errors import ConfigError
 from stereodsc.host_decoder.metrics import MetricsServer, MetricsSnapshot, SnapshotSource, parse_listen
-from stereodsc.host_decoder.service import HostService, HostStats, host_config_from_dict
+from stereodsc.host_decoder.service import HostService, HostStats, InProcessReceiver, host_config_from_dict
 from stereodsc.pipeline import free_port
 from stereodsc.transport import ReceiverStats
 from tiny_models import bundle_dir, sample_pair
@@ -38,7 +37,7 @@ def stereo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _service(stereo: Path, metrics_listen: str = "") -> HostService:
     host = {"bundle": str(stereo), "metrics_listen": metrics_listen}
     cfg = host_config_from_dict({"host": host, "pairing": {"policy": "no_side_info"}})
-    return HostService.from_config(cfg, receiver=IdleReceiver())
+    return HostService.from_config(cfg, receiver=InProcessReceiver())
 
 
 def _scrape(port: int, path: str = "/metrics") -> tuple[str, str]:

@@ -13,11 +13,10 @@ from typing import Any
 
 import pytest
 
-from fakes import IdleReceiver
 from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.edge_encoder.daemon import edge_config_from_dict
 from stereodsc.errors import ConfigError
-from stereodsc.host_decoder.service import HostService, host_config_from_dict
+from stereodsc.host_decoder.service import HostService, InProcessReceiver, host_config_from_dict
 from stereodsc.host_decoder.sinks import DecodedFrame
 from stereodsc.pipeline import STEREO, free_port, run_pipeline
 from stereodsc.security import load_client_curve, load_server_curve, new_keypair
@@ -184,7 +183,7 @@ def test_camera_with_unknown_key_gets_nothing_decoded_end_to_end(stereo: Path, k
 
 def _service(stereo: Path, **host: Any) -> HostService:
     raw = {"host": {"bundle": str(stereo), **host}}
-    return HostService.from_config(host_config_from_dict(raw), receiver=IdleReceiver())
+    return HostService.from_config(host_config_from_dict(raw), receiver=InProcessReceiver())
 
 
 def test_rate_limit_drops_a_flooding_camera_only(stereo: Path) -> None:

@@ -41,14 +41,18 @@ sizes are written HEIGHTxWIDTH everywhere (e.g. 375x1242); a bundle is a folder 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from stereodsc.train.config import load_config
+    from stereodsc.train.distributed import launch
     from stereodsc.train.loop import train
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, init_from=args.init_from)
     # SIGTERM (systemd, a job scheduler, kill) stops like Ctrl-C: a checkpoint first. SIGINT is set
     # explicitly because a shell starts background jobs with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    trainer = train(cfg, resume=args.resume, progress=not args.quiet)
+    with launch() as dist:  # under torchrun: this process's rank; otherwise the only process
+        trainer = train(cfg, resume=args.resume, progress=not args.quiet, dist=dist)
+    if not dist.is_main:
+        return 0
     val = {"loss": float("nan"), "bpp": float("nan"), "psnr": float("nan"), "ms_ssim": float("nan")}
     val.update(trainer.metrics.get("val", {}))
     print(
@@ -260,11 +264,24 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser(
         "train",
         help="train a codec from a TOML config",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train a codec. The config names the model, the data and the rate point; "
-        "see configs/*.toml. Checkpoints and metrics.jsonl go to [train] out.",
+        "see configs/*.toml.\nCheckpoints and metrics.jsonl go to [train] out.\n\n"
+        "  fine-tune a trained model on your rig's recordings (a config whose [data] names them):\n"
+        "    stereodsc train --config my_rig.toml --init-from balle2018_native_l0.05\n"
+        "  data-parallel on N processes (gloo on CPUs, NCCL with one GPU per process;\n"
+        "  [train] batch_size is the global batch, each process takes batch_size / N):\n"
+        "    torchrun --standalone --nproc_per_node N -m stereodsc.cli train --config X.toml",
     )
     t.add_argument("--config", required=True, help="TOML file with [model], [data], [train] sections")
     t.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    t.add_argument(
+        "--init-from",
+        metavar="CKPT",
+        help="start from these weights (overrides [train] init_from): a checkpoint file or the name of one in "
+        "weights/ (e.g. balle2018_native_l0.05; the shipped bundles hold ONNX graphs only); ignored when "
+        "--resume finds a checkpoint of this run",
+    )
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)
 

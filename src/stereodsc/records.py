@@ -11,6 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from stereodsc.codec.roles import CodecRole
+from stereodsc.wire import Frame
+
 
 def symbols_digest(symbols: np.ndarray) -> str:
     """sha256 of the y symbols: equal on both ends exactly when the decode was bit-exact."""
@@ -48,6 +51,27 @@ class FrameRecord:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
+
+    @classmethod
+    def of(
+        cls, frame: Frame, symbols: np.ndarray, timings: Mapping[str, float], wire_bytes: int, **end: Any
+    ) -> FrameRecord:
+        """The record of `frame` with its y `symbols` and the codec's stage `timings` (seconds); `end`
+        holds the fields of the end that writes it (``sent``; ``side_info``, ``latency_ms``; ``session``)."""
+        return cls(
+            frame.rig_id,
+            frame.camera_id,
+            CodecRole.from_wire(frame.role).camera,
+            frame.seq,
+            frame.t_capture_ns,
+            frame.height,
+            frame.width,
+            wire_bytes,
+            frame.payload_size,
+            symbols_digest(symbols),
+            stages_ms(timings),
+            **end,
+        )
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> FrameRecord:

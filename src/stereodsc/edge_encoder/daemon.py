@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from stereodsc.codec.roles import CodecRole
 from stereodsc.errors import ConfigError
-from stereodsc.records import FrameRecord, stages_ms, symbols_digest
+from stereodsc.records import FrameRecord
 from stereodsc.tomlio import load_toml, sections
 
 log = logging.getLogger("stereodsc.edge")
@@ -298,18 +298,11 @@ class CameraNode:
                     reason = self.sender.last_drop or "no_host"
                     self.stats.dropped_by[reason] = self.stats.dropped_by.get(reason, 0) + 1
                 if log_file:
-                    record = FrameRecord(
-                        cam.rig_id,
-                        cam.camera_id,
-                        cam.role,
-                        self.seq,
-                        captured.t_capture_ns,
-                        encoded.height,
-                        encoded.width,
+                    record = FrameRecord.of(
+                        frame,
+                        encoded.symbols,
+                        encoded.timings,
                         len(data),
-                        encoded.payload_bytes,
-                        symbols_digest(encoded.symbols),
-                        stages_ms(encoded.timings),
                         sent=ok,
                         session=self.sender.session,
                     )

@@ -58,12 +58,11 @@ from stereodsc.host_decoder.pairing import (
 from stereodsc.host_decoder.sessions import Sessions
 from stereodsc.host_decoder.sinks import DecodedFrame, FrameLogSink, PngSink, PublishSink, Sink
 from stereodsc.tomlio import load_toml, sections
-from stereodsc.transport import Envelope, Received
+from stereodsc.transport import Envelope, Received, ReceiverStats
 from stereodsc.wire import Frame, Role, check_bundle, seq_delta, unpack
 
 if TYPE_CHECKING:
     from stereodsc.codec import HostDecoder
-    from stereodsc.transport import ReceiverStats
 
 log = logging.getLogger("stereodsc.host")
 
@@ -313,6 +312,26 @@ class Receiver(Protocol):
     def ack(self, envelope: Envelope) -> None: ...
 
     def close(self) -> None: ...
+
+
+class InProcessReceiver:
+    """A receiver with nothing to receive, for a service fed in-process (`HostService.handle`): a
+    program that gets its frames another way, tests, benchmarks. Binds no socket."""
+
+    def __init__(self) -> None:
+        self.stats = ReceiverStats()
+
+    def recv(self, timeout_ms: int) -> bytes | None:
+        return None
+
+    def refused_keys(self) -> list[str]:
+        return []
+
+    def ack(self, envelope: Envelope) -> None:
+        """Frames handed in have no link to ack on."""
+
+    def close(self) -> None:
+        """Nothing to release."""
 
 
 class HostService:

@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from stereodsc.codec.roles import CodecRole
-from stereodsc.records import FrameRecord, decoded_name, stages_ms, symbols_digest
+from stereodsc.records import FrameRecord, decoded_name, symbols_digest
 from stereodsc.wire import Frame
 
 if TYPE_CHECKING:
@@ -37,19 +36,11 @@ class DecodedFrame:
         return symbols_digest(self.symbols)
 
     def record(self) -> FrameRecord:
-        f = self.frame
-        return FrameRecord(
-            f.rig_id,
-            f.camera_id,
-            CodecRole.from_wire(f.role).camera,
-            f.seq,
-            f.t_capture_ns,
-            int(self.image.shape[0]),
-            int(self.image.shape[1]),
+        return FrameRecord.of(
+            self.frame,
+            self.symbols,
+            self.timings,
             self.wire_bytes,
-            f.payload_size,
-            self.symbols_sha256,
-            stages_ms(self.timings),
             side_info=self.side_info_used,
             latency_ms=round(self.latency_s * 1e3, 3),
             session=self.session or None,

@@ -44,7 +44,11 @@ class TrainSection:
     lmbda: float = 0.01
     distortion: str = "mse"  # "mse" or "ms_ssim"
     steps: int = 1000
-    batch_size: int = 1
+    batch_size: int = 1  # the global batch: under torchrun each of N processes takes batch_size / N
+    # Samples per forward pass (gradients accumulate over a process's share); 0: the whole share.
+    # The quantisation noise is drawn per micro-batch, so runs with the same micro_batch give the same
+    # weights on any number of processes (up to float summation order).
+    micro_batch: int = 0
     lr: float = 1e-4
     aux_lr: float = 1e-3
     lr_patience: int = 10  # validations without improvement before the lr drops 10x
@@ -55,7 +59,9 @@ class TrainSection:
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
     out: str = "runs/run"
-    init_from: str = ""  # warm start: load model weights from this checkpoint (e.g. a higher-rate point)
+    # Warm start / fine-tuning: model weights from this checkpoint (e.g. a higher-rate point), a path or
+    # the name of a compact checkpoint in weights/ ("balle2018_native_l0.05"); --init-from overrides it.
+    init_from: str = ""
     # Compact checkpoint kept in the repository (weights, step, schedule; no optimiser moments), written
     # with every checkpoint: --resume continues from it on a fresh clone where `out` holds nothing yet.
     keep: str = ""
@@ -82,11 +88,46 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> TrainConf
     return cfg
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def load_config(path: str | Path, init_from: str | None = None) -> TrainConfig:
+    """The config in `path`; `init_from` (stereodsc train --init-from) replaces its [train] init_from."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}; see configs/ for examples")
-    return config_from_dict(load_toml(path), str(path))
+    raw = load_toml(path)
+    if init_from is not None:
+        raw = {**raw, "train": {**raw.get("train", {}), "init_from": init_from}}
+    return config_from_dict(raw, str(path))
+
+
+def weights_dirs() -> list[Path]:
+    """Where a bare init_from name is looked up: weights/ of the working directory, then of the
+    source checkout stereodsc runs from (the committed compact checkpoints)."""
+    here, checkout = Path("weights"), Path(__file__).resolve().parents[3] / "weights"
+    return [here] if here.resolve() == checkout else [here, checkout]
+
+
+def resolve_init_from(value: str, source: str) -> str:
+    """init_from as a checkpoint path: an existing file, or `weights/<value>.pt`."""
+    if Path(value).is_file():
+        return value
+    from stereodsc.bundles import shipped_bundles
+
+    dirs = weights_dirs()
+    for folder in dirs:
+        candidate = folder / f"{value.removesuffix('.pt')}.pt"
+        if candidate.is_file():
+            return str(candidate)
+    names = sorted({p.stem for folder in dirs if folder.is_dir() for p in folder.glob("*.pt")})
+    known = f"weights/ holds {', '.join(names)}" if names else "no weights/ folder with checkpoints was found"
+    bundle = (
+        f"{value!r} is a shipped bundle, which holds ONNX graphs only: fine-tune from a torch checkpoint. "
+        if value in shipped_bundles()
+        else ""
+    )
+    raise ConfigError(
+        f"{source}: init_from = {value!r} ([train] init_from or --init-from) is neither a checkpoint file nor "
+        f"a name in weights/. {bundle}{known}; pass a checkpoint path (runs/<run>/best.pt) or one of those names"
+    )
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -136,7 +177,12 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("steps", "batch_size", "validate_every", "checkpoint_every"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"{src}: [train] {key} must be positive")
+    if t.micro_batch < 0 or (t.micro_batch and t.batch_size % t.micro_batch):
+        raise ConfigError(
+            f"{src}: [train] micro_batch = {t.micro_batch} must divide batch_size = {t.batch_size} "
+            "(0: one forward pass per process)"
+        )
     if t.lmbda <= 0:
         raise ConfigError(f"{src}: [train] lmbda must be positive (larger = higher rate and quality)")
-    if t.init_from and not Path(t.init_from).is_file():
-        raise ConfigError(f"{src}: [train] init_from = {t.init_from!r} does not exist")
+    if t.init_from:
+        t.init_from = resolve_init_from(t.init_from, src)

@@ -1,12 +1,15 @@
 """The training loop: AMSGrad + aux optimiser, reduce-on-plateau, validation, exact resume.
 
-Exact resume: the data of step t is drawn from a generator seeded with (seed, t), and the
-checkpoint holds the model, both optimisers, the scheduler and every RNG state, so a run
-interrupted and resumed produces the same weights as an uninterrupted one.
+Exact resume: the data of step t are drawn from generators seeded with (seed, t) and the
+quantisation noise from ones seeded with (seed, t, micro-batch), and the checkpoint holds the model,
+both optimisers and the scheduler, so a run interrupted and resumed produces the same weights as an
+uninterrupted one. Under torchrun each process trains on its shard of every global batch
+(`distributed`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from stereodsc.errors import CheckpointError, ConfigError, TrainingDivergedError
+from stereodsc.errors import CheckpointError, ConfigError, StereoDSCError, TrainingDivergedError
 from stereodsc.eval.metrics import ms_ssim_min_side
 from stereodsc.models.base import CompressionModel, bits
 from stereodsc.sample import drive_path
@@ -40,6 +43,7 @@ from .datasets import (
     mix_source,
     native_mix_pairs,
 )
+from .distributed import SINGLE, Distributed, StopRequests
 from .losses import distortion_fn, ms_ssim, psnr
 
 log = logging.getLogger(__name__)
@@ -138,12 +142,22 @@ def _grew_channels(old: torch.Size, new: torch.Size) -> bool:
     )
 
 
+def _micro_seed(seed: int, step: int, micro: int) -> int:
+    """The torch seed of one micro-batch: its own stream, the same whichever process computes it."""
+    return int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0])
+
+
 @dataclass
 class Trainer:
-    """Owns the model, optimisers and data of one run; `run()` trains to cfg.train.steps."""
+    """Owns the model, optimisers and data of one run; `run()` trains to cfg.train.steps.
+
+    `dist`: this process's place in a torchrun job (default: the only process); rank 0 alone
+    validates and writes files, every process trains on its shard of each global batch.
+    """
 
     cfg: TrainConfig
     progress: bool = True
+    dist: Distributed = SINGLE
 
     def __post_init__(self) -> None:
         from stereodsc.models import build_model
@@ -153,7 +167,16 @@ class Trainer:
             torch.set_num_threads(t.threads)
         torch.manual_seed(t.seed)
         self.out_dir = Path(t.out)
+        self.shard = self.dist.shard(t.batch_size, self.cfg.source)
+        self.micro_batch = t.micro_batch or len(self.shard)
+        if len(self.shard) % self.micro_batch:
+            raise ConfigError(
+                f"{self.cfg.source}: [train] micro_batch = {t.micro_batch} must divide each process's share of "
+                f"the batch (batch_size {t.batch_size} / {self.dist.world} processes = {len(self.shard)}); "
+                "choose a divisor of it (1 always works)"
+            )
         self.model = build_model(self.cfg.model.name, self.cfg.model.preset, **self.cfg.model.options)
+        self.model.to(self.dist.device)
         if d.crop is not None and any(c % self.model.stride for c in d.crop):
             raise ConfigError(
                 f"{self.cfg.source}: [data] crop = {d.crop} must be a multiple of "
@@ -176,6 +199,7 @@ class Trainer:
         self.train_set = PairDataset(train_pairs, cache, Augment(crop, d.flip, d.swap), weights, sides)
         self.val_set = PairDataset(val_pairs[: t.max_val_pairs], cache, side=sides)
         self.step = 0
+        self.signals: StopRequests | None = None  # in a torchrun job's run(): SIGINT / SIGTERM noted here
         self.cpu_seconds = 0.0
         self.best_val = math.inf
         self.metrics: dict[str, Any] = {}
@@ -214,13 +238,16 @@ class Trainer:
         return {**state, "lr": self.optimizer.param_groups[0]["lr"]}
 
     def save(self, path: Path | None = None) -> None:
-        """Write `path`, or the run's latest checkpoint and (with [train] keep) its compact copy."""
-        if path is not None:
-            save_checkpoint(path, self.state())
-            return
-        save_checkpoint(self.latest_path, self.state())
-        if self.keep_path is not None:
-            save_checkpoint(self.keep_path, self.compact_state())
+        """Write `path`, or the run's latest checkpoint and (with [train] keep) its compact copy; in a
+        torchrun job rank 0 writes and every process waits until it has."""
+        if self.dist.is_main:
+            if path is not None:
+                save_checkpoint(path, self.state())
+            else:
+                save_checkpoint(self.latest_path, self.state())
+                if self.keep_path is not None:
+                    save_checkpoint(self.keep_path, self.compact_state())
+        self.dist.barrier()
 
     def _load(self, path: Path) -> dict[str, Any]:
         ckpt = load_checkpoint(path)
@@ -229,12 +256,27 @@ class Trainer:
                 f"{path} holds {ckpt['model_config']}, the config asks for "
                 f"{self.model.config}; use another [train] out / keep or the original config"
             )
+        self._apply(ckpt)
+        return ckpt
+
+    def _apply(self, ckpt: dict[str, Any]) -> None:
+        """Take the weights, schedule, RNG state and counters of a checkpoint (not the optimisers)."""
         self.model.load_state_dict(ckpt["model_state"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         self.step, self.cpu_seconds = ckpt["step"], ckpt["cpu_seconds"]
         self.best_val, self.metrics = ckpt["best_val"], ckpt["metrics"]
-        return ckpt
+
+    def share_state(self) -> None:
+        """Give every process of a torchrun job rank 0's state (fresh, resumed or warm-started):
+        only rank 0 reads the run's files, so no file needs to be shared between machines."""
+        if self.dist.world == 1:
+            return
+        state = self.dist.broadcast(self.state() if self.dist.is_main else None)
+        if not self.dist.is_main:
+            self._apply(state)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.aux_optimizer.load_state_dict(state["aux_optimizer"])
 
     def resume(self) -> bool:
         """Continue from the run's latest checkpoint (exactly), else from its kept compact checkpoint
@@ -265,6 +307,11 @@ class Trainer:
         """
         ckpt = load_checkpoint(path)
         if ckpt["model"] == self.model.name:
+            if ckpt["model_config"] != self.model.config:
+                raise CheckpointError(
+                    f"init_from {path} holds {ckpt['model_config']}, the config asks for {self.model.config}: "
+                    "set [model] preset and [model.options] to the checkpoint's to fine-tune it"
+                )
             self.model.load_state_dict(ckpt["model_state"])
             return
         own = self.model.state_dict()
@@ -298,30 +345,73 @@ class Trainer:
         )
 
     # ---- training ----------------------------------------------------------------------------
-    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        rng = np.random.default_rng([self.cfg.train.seed, step])
-        idx = self.train_set.draw(rng, self.cfg.train.batch_size)
-        xs, sides = zip(*(self.train_set.get(int(i), rng) for i in idx), strict=True)
+    def batch(self, step: int, samples: range | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Samples `samples` (default: all) of step's global batch, on the CPU.
+
+        The pairs are drawn with a generator seeded with (seed, step), each sample's augmentation
+        with one seeded with (seed, step, its index): a process builds its shard without drawing
+        the others', and the data do not depend on how many processes share the batch.
+        """
+        t = self.cfg.train
+        idx = self.train_set.draw(np.random.default_rng([t.seed, step]), t.batch_size)
+        picked = range(t.batch_size) if samples is None else samples
+        xs, sides = zip(
+            *(self.train_set.get(int(idx[i]), np.random.default_rng([t.seed, step, i])) for i in picked), strict=True
+        )
         return to_tensor(list(xs)), to_tensor(list(sides))
 
     def train_step(self, step: int) -> dict[str, float]:
+        """One optimiser step on the global batch.
+
+        This process's shard goes through the model in micro-batches ([train] micro_batch), each
+        with the torch RNG (quantisation noise) seeded from (seed, step, micro-batch index) and its
+        loss weighted by its share of the global batch, so the gradients summed over micro-batches
+        and processes are those of the global batch's mean loss: with the same micro_batch, N
+        processes compute what one does, up to the order of float summation. The returned stats
+        (and "stop": whether any process was asked to stop) are the global batch's.
+        """
+        t = self.cfg.train
         self.model.train()
-        x, side = self.batch(step)
-        out = self.model(x, side)
-        terms = self.model.loss(out, x, side, self.cfg.train.lmbda, self.distortion)
         self.optimizer.zero_grad(set_to_none=True)
-        terms["loss"].backward()
+        share = self.micro_batch / t.batch_size
+        sums = [0.0, 0.0, 0.0]
+        for start in range(self.shard.start, self.shard.stop, self.micro_batch):
+            x, side = (v.to(self.dist.device) for v in self.batch(step, range(start, start + self.micro_batch)))
+            torch.manual_seed(_micro_seed(t.seed, step, start // self.micro_batch))
+            out = self.model(x, side)
+            terms = self.model.loss(out, x, side, t.lmbda, self.distortion)
+            (terms["loss"] * share).backward()
+            for i, value in enumerate((terms["loss"].item(), terms["bpp"].item(), psnr(out["x_hat"], x))):
+                sums[i] += share * value
+        stats = [*sums, float(self.signals is not None and self.signals.requested)]
+        if self.dist.world > 1:
+            stats = self._all_reduce_grads(stats)
         self.optimizer.step()
+        # The aux loss depends on the parameters only, which are the same in every process: so is
+        # its gradient, and reducing it would change nothing.
         aux = self.model.aux_loss()
         self.aux_optimizer.zero_grad(set_to_none=True)
         aux.backward()
         self.aux_optimizer.step()
-        return {
-            "loss": terms["loss"].item(),
-            "bpp": terms["bpp"].item(),
-            "psnr": psnr(out["x_hat"], x),
-            "aux": aux.item(),
-        }
+        return {"loss": stats[0], "bpp": stats[1], "psnr": stats[2], "aux": aux.item(), "stop": stats[3]}
+
+    def _all_reduce_grads(self, stats: list[float]) -> list[float]:
+        """Sum the main gradients and `stats` over the processes, in one flat all-reduce.
+
+        Done here rather than by DistributedDataParallel: the aux parameters take no gradient from
+        the main loss (DDP would need find_unused_parameters), micro-batches would need no_sync(),
+        and the model's loss and aux loss are computed outside its forward.
+        """
+        grads = [p.grad for p in self.model.main_parameters() if p.grad is not None]
+        flat = torch.cat(
+            [g.flatten() for g in grads] + [torch.tensor(stats, dtype=grads[0].dtype, device=grads[0].device)]
+        )
+        self.dist.all_reduce_sum(flat)
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset : offset + g.numel()].view_as(g))
+            offset += g.numel()
+        return [float(v) for v in flat[offset:].tolist()]
 
     @torch.no_grad()
     def validate_pairs(self) -> list[dict[str, float]]:
@@ -331,7 +421,7 @@ class Trainer:
         records = []
         for i in range(len(self.val_set)):
             xi, side_i = self.val_set.get(i)
-            x, side = to_tensor([xi]), to_tensor([side_i])
+            x, side = to_tensor([xi]).to(self.dist.device), to_tensor([side_i]).to(self.dist.device)
             h, w = x.shape[-2:]
             xp, side_p = pad_to(x, self.model.stride), pad_to(side, self.model.stride)
             out = self.model(xp, side_p)
@@ -360,15 +450,24 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def run(self, stop_after: int | None = None) -> dict[str, Any]:
-        """Train until cfg.train.steps (or `stop_after` more steps); checkpoint on the way and on Ctrl-C."""
+        """Train until cfg.train.steps (or `stop_after` more steps); checkpoint on the way and on Ctrl-C
+        or SIGTERM (in a torchrun job: after the step every process is in, see StopRequests)."""
+        with StopRequests() if self.dist.world > 1 else contextlib.nullcontext(None) as self.signals:
+            try:
+                return self._run(stop_after)
+            finally:
+                self.signals = None
+
+    def _run(self, stop_after: int | None) -> dict[str, Any]:
         t = self.cfg.train
         end = t.steps if stop_after is None else min(t.steps, self.step + stop_after)
-        bar = _progress(self.step, t.steps, enabled=self.progress)
+        bar = _progress(self.step, t.steps, enabled=self.progress and self.dist.is_main)
         window: list[dict[str, float]] = []
         try:
             while self.step < end:
                 started = time.process_time()
                 stats = self.train_step(self.step)
+                stop = stats.pop("stop")
                 if not math.isfinite(stats["loss"]):  # the weights are spoilt now: never save them
                     kept = (
                         f"{self.latest_path} still holds the last good weights"
@@ -384,6 +483,8 @@ class Trainer:
                 window.append(stats)
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", bpp=f"{stats['bpp']:.3f}", psnr=f"{stats['psnr']:.2f}")
+                if stop:
+                    raise KeyboardInterrupt
                 if self.step % t.validate_every == 0 or self.step == t.steps:
                     self._validate_and_log(window)
                     window = []
@@ -391,16 +492,25 @@ class Trainer:
                     self.save()
         except KeyboardInterrupt:
             self.save()
-            log.warning("interrupted at step %d; checkpoint saved, continue with --resume", self.step)
+            if self.dist.is_main:
+                log.warning("interrupted at step %d; checkpoint saved, continue with --resume", self.step)
             raise
         finally:
             bar.close()
         return self.metrics
 
     def _validate_and_log(self, window: list[dict[str, float]]) -> None:
+        """Rank 0 validates; every process steps its scheduler on the same result, so all keep the
+        same learning rate."""
         train = {k: float(np.mean([s[k] for s in window])) for k in window[0]} if window else {}
-        records = self.validate_pairs()
-        val = _mean(records)
+        found: tuple[dict[str, float], dict[str, dict[str, float]]] | None = None
+        if self.dist.is_main:
+            records = self.validate_pairs()
+            sources = [mix_source(pair.x) for pair in self.val_set.pairs]
+            groups = sorted({s for s in sources if s})  # the native mix: each data set's held-out pairs on their own
+            by_source = {g: _mean([r for r, s in zip(records, sources, strict=True) if s == g]) for g in groups}
+            found = (_mean(records), by_source)
+        val, by_source = self.dist.broadcast(found)
         self.scheduler.step(val["loss"])
         lr = self.optimizer.param_groups[0]["lr"]
         self.metrics = {
@@ -410,13 +520,10 @@ class Trainer:
             "train": train,
             "val": val,
         }
-        sources = [mix_source(pair.x) for pair in self.val_set.pairs]
-        if any(sources):  # the native mix: each data set's held-out pairs on their own
-            groups = sorted({s for s in sources if s})
-            self.metrics["val_by_source"] = {
-                g: _mean([r for r, s in zip(records, sources, strict=True) if s == g]) for g in groups
-            }
-        self.log(self.metrics)
+        if by_source:
+            self.metrics["val_by_source"] = by_source
+        if self.dist.is_main:
+            self.log(self.metrics)
         if val["loss"] < self.best_val:
             self.best_val = val["loss"]
             self.save(self.out_dir / "best.pt")
@@ -440,18 +547,45 @@ def _progress(start: int, total: int, enabled: bool) -> Any:
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True)
 
 
-def train(cfg: TrainConfig, resume: bool = False, progress: bool = True, stop_after: int | None = None) -> Trainer:
-    """Train (or continue) the run `cfg` describes and return the trainer."""
-    trainer = Trainer(cfg, progress=progress)
-    if not (resume and trainer.resume()):
-        for existing in (trainer.latest_path, trainer.keep_path):
-            if existing is not None and existing.exists():
-                raise CheckpointError(
-                    f"{existing} exists: pass --resume to continue it, or choose another [train] out / keep"
-                )
-        if resume:
-            log.info("no checkpoint in %s yet: starting from step 0", trainer.out_dir)
-        if cfg.train.init_from:
-            trainer.warm_start(cfg.train.init_from)
+def _start(trainer: Trainer, resume: bool) -> None:
+    """Resume the run, or start it fresh (from [train] init_from when set)."""
+    init_from = trainer.cfg.train.init_from
+    if resume and trainer.resume():
+        if init_from:
+            log.info(
+                "continuing the run at step %d: init_from %s applies to a fresh start only", trainer.step, init_from
+            )
+        return
+    for existing in (trainer.latest_path, trainer.keep_path):
+        if existing is not None and existing.exists():
+            raise CheckpointError(
+                f"{existing} exists: pass --resume to continue it, or choose another [train] out / keep"
+            )
+    if resume:
+        log.info("no checkpoint in %s yet: starting from step 0", trainer.out_dir)
+    if init_from:
+        trainer.warm_start(init_from)
+
+
+def train(
+    cfg: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after: int | None = None,
+    dist: Distributed = SINGLE,
+) -> Trainer:
+    """Train (or continue) the run `cfg` describes and return the trainer; `dist`: this process's
+    place in a torchrun job (rank 0 reads the run's files and hands every process its state)."""
+    trainer = Trainer(cfg, progress=progress, dist=dist)
+    error: StereoDSCError | None = None
+    if dist.is_main:
+        try:
+            _start(trainer, resume)
+        except StereoDSCError as e:
+            error = e
+    error = dist.broadcast(error)  # every process stops with rank 0's error instead of waiting for it
+    if error is not None:
+        raise error
+    trainer.share_state()
     trainer.run(stop_after)
     return trainer

@@ -268,6 +268,9 @@ def test_restarts_evictions_reference_loss_and_pending_are_exported() -> None:
     stats.dropped["new_camera_limited"] += 6
     stats.pending = 7
     s = _parse(MetricsSnapshot.of(stats).render())
+    assert _get(s, "stereodsc_backend_fell_back") == 0
+    stats.backend_fell_back = True
+    assert _get(_parse(MetricsSnapshot.of(stats).render()), "stereodsc_backend_fell_back") == 1
     assert _get(s, "stereodsc_camera_restarts_total", aligned_by="capture_time") == 2
     assert _get(s, "stereodsc_cameras_evicted_total") == 3
     assert _get(s, "stereodsc_frames_decoded_total", kind="with_last_reference", reason="stale") == 4

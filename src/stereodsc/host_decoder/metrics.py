@@ -98,6 +98,7 @@ class MetricsSnapshot:
     camera_restarts: dict[str, int] = field(default_factory=dict)  # new sessions, by how they were aligned
     cameras_evicted: int = 0
     pending: int = 0
+    backend_fell_back: bool = False  # a GPU backend could not run and fallback = "cpu" took over
 
     @classmethod
     def of(cls, stats: HostStats) -> MetricsSnapshot:
@@ -128,6 +129,7 @@ class MetricsSnapshot:
             camera_restarts=dict(stats.camera_restarts),
             cameras_evicted=stats.cameras_evicted,
             pending=stats.pending,
+            backend_fell_back=stats.backend_fell_back,
         )
 
     def families(self) -> list[Metric]:
@@ -167,7 +169,12 @@ class MetricsSnapshot:
             ),
             counter("cameras_evicted", "Stale cameras whose table slot went to a new camera.", self.cameras_evicted),
             GaugeMetricFamily(
-                PREFIX + "frames_pending", "Frames acked and waiting for their pair.", value=self.pending
+                PREFIX + "frames_pending", "Frames waiting for their pair (not acked yet).", value=self.pending
+            ),
+            GaugeMetricFamily(
+                PREFIX + "backend_fell_back",
+                "1 when the configured GPU backend could not run and the CPU decodes instead (fallback = 'cpu').",
+                value=int(self.backend_fell_back),
             ),
         ]
         for name, n in sorted(self.link.items()):

@@ -254,6 +254,11 @@ def test_camera_and_host_modules_never_import_torch() -> None:
         ("host", {"host": {"endpiont": "tcp://*:1"}}, r"unknown key\(s\) \['endpiont'\] in \[host\]"),
         ("host", {"host": {"extra_bundles": [1]}}, r"extra_bundles must be a list of bundle folders"),
         ("edge", {"link": {"drain_s": -1.0}}, r"\[link\] drain_s and wait_for_host_s are seconds >= 0"),
+        (
+            "edge",
+            {"camera": {"role": "dependent", "source": "device", "path": "0"}},
+            r"a dependent camera needs rectified frames.*stereodsc calibrate.*rectified = true",
+        ),
     ],
 )
 def test_bad_service_configs_name_the_key(build: str, raw: dict, match: str) -> None:

@@ -32,6 +32,8 @@ from stereodsc.tomlio import load_toml, sections
 log = logging.getLogger("stereodsc.edge")
 
 CAMERA_ROLES = tuple(role.camera for role in CodecRole)
+RECTIFIED_SOURCES = ("sample", "kitti")
+"""Sources whose frames are rectified already (KITTI's synced+rectified drives and the bundled sample)."""
 EXIT_DELIVERED, EXIT_NOTHING_DELIVERED = 0, 1
 """`stereodsc edge` exit statuses (2: a configuration error, as every command): 1 tells a supervisor
 that the camera ran but the host confirmed none of its frames (unreachable, refused key, wrong bundle)."""
@@ -48,7 +50,8 @@ class CameraSection:
     fps: float = 0.0  # pace recorded sources (0: as fast as the encoder goes); live sources pace themselves
     loop: bool = False
     max_frames: int = 0  # stop after this many captured frames (0: never)
-    rig_file: str = ""  # rectify with this rig (stereodsc calibrate); empty: frames are already rectified
+    rig_file: str = ""  # rectify with this rig (stereodsc calibrate)
+    rectified: bool = False  # without a rig file: the frames come rectified (a stereo camera that rectifies itself)
 
 
 @dataclass
@@ -106,6 +109,14 @@ def edge_config_from_dict(raw: dict[str, Any], source: str = "<edge config>") ->
     cfg = EdgeConfig(**sections(raw, schema, source))
     if cfg.camera.role not in CAMERA_ROLES:
         raise ConfigError(f"{source}: [camera] role = {cfg.camera.role!r}; choose one of {list(CAMERA_ROLES)}")
+    cam = cfg.camera
+    rectified = cam.rig_file or cam.rectified or cam.source in RECTIFIED_SOURCES
+    if cam.role == CodecRole.SIDE_INFO.camera and not rectified:
+        raise ConfigError(
+            f"{source}: a dependent camera needs rectified frames (side information is matched along the rows "
+            "of the rectified pair): calibrate the rig (stereodsc calibrate ... -o rig.toml) and set [camera] "
+            "rig_file, or set [camera] rectified = true if the frames come rectified already"
+        )
     if cfg.codec.fallback not in ("", "cpu"):
         raise ConfigError(f"{source}: [codec] fallback = {cfg.codec.fallback!r}; choose 'cpu' or leave it empty")
     if cfg.link.drain_s < 0 or cfg.link.wait_for_host_s < 0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -39,6 +40,20 @@ def tiny_config(out: Path, name: str = "balle2017", steps: int = 2, **train: obj
             **train,
         },
     }
+
+
+def write_toml(path: Path, raw: dict) -> Path:
+    """`raw` (a tiny_config) as the TOML file `stereodsc train --config` reads."""
+    from stereodsc.tomlio import dump_toml
+
+    model = raw["model"]
+    sections = {k: v for k, v in raw.items() if k != "model"}
+    path.write_text(
+        dump_toml(
+            sections | {"model": {"name": model["name"], "preset": model["preset"]}, "model.options": model["options"]}
+        )
+    )
+    return path
 
 
 # ---- pairing ---------------------------------------------------------------------------------
@@ -211,6 +226,41 @@ def test_related_model_warm_starts_its_shared_weights(tmp_path: Path) -> None:
         trainer.warm_start(str(tmp_path / "foreign.pt"))
 
 
+def test_init_from_on_the_command_line_fine_tunes_a_kept_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A user fine-tunes a trained model on their own rig: a config naming their data, and
+    --init-from naming a compact checkpoint in weights/ (it overrides the config's init_from)."""
+    from stereodsc.cli import main
+
+    torch.set_num_threads(1)
+    base = train(config_from_dict(tiny_config(tmp_path / "base", "ndic", steps=1)), progress=False)
+    (tmp_path / "weights").mkdir()
+    shutil.copy(tmp_path / "base" / "latest.pt", tmp_path / "weights" / "trained.pt")
+    monkeypatch.chdir(tmp_path)
+    # lr 0: the run keeps the weights it starts from, which shows where they came from.
+    raw = tiny_config(tmp_path / "rig", "ndic", steps=1, lr=0.0, aux_lr=0.0, init_from="weights/other.pt")
+    config = write_toml(tmp_path / "my_rig.toml", raw)
+    assert main(["train", "--config", str(config), "--init-from", "trained", "-q"]) == 0
+    tuned = load_checkpoint(tmp_path / "rig" / "latest.pt")
+    assert tuned["train_config"]["train"]["init_from"] == str(Path("weights") / "trained.pt")
+    for k, v in base.model.state_dict().items():
+        assert torch.equal(v, tuned["model_state"][k]), f"{k} was not loaded"
+
+    assert main(["train", "--config", str(config), "--init-from", "default", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert "shipped bundle, which holds ONNX graphs only" in err and re.search(r"weights/ holds .*trained", err)
+    assert main(["train", "--config", str(config), "--init-from", "runs/nosuch.pt", "-q"]) == 2
+    assert "neither a checkpoint file nor a name in weights/" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "--init-from" in capsys.readouterr().out
+
+    other = Trainer(config_from_dict(tiny_config(tmp_path / "wide", "ndic") | {"model": {"name": "ndic"}}))
+    with pytest.raises(CheckpointError, match=r"set \[model\] preset and \[model.options\]"):
+        other.warm_start("weights/trained.pt")
+
+
 def test_validation_reports_bpp_psnr_msssim(tmp_path: Path) -> None:
     trainer = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
     val = trainer.validate()
@@ -249,17 +299,9 @@ def test_sigterm_saves_a_checkpoint(tmp_path: Path) -> None:
     import sys
     import time
 
-    from stereodsc.tomlio import dump_toml
-
     raw = tiny_config(tmp_path / "run", steps=100000)
     raw["train"]["checkpoint_every"] = 100000  # only the signal can write the checkpoint we look for
-    cfg_path = tmp_path / "cfg.toml"
-    cfg_path.write_text(
-        dump_toml(
-            {k: v for k, v in raw.items() if k != "model"}
-            | {"model": {"name": "balle2017", "preset": "small"}, "model.options": TINY}
-        )
-    )
+    cfg_path = write_toml(tmp_path / "cfg.toml", raw)
     cmd = [sys.executable, "-m", "stereodsc.cli", "train", "--config", str(cfg_path), "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     metrics = tmp_path / "run" / "metrics.jsonl"

@@ -269,7 +269,7 @@ class Trainer:
 
     def share_state(self) -> None:
         """Give every process of a torchrun job rank 0's state (fresh, resumed or warm-started):
-        only rank 0 reads the run's files, so no file needs to be shared between machines."""
+        only rank 0 reads the run's folder, so it need not be shared between machines."""
         if self.dist.world == 1:
             return
         state = self.dist.broadcast(self.state() if self.dist.is_main else None)

@@ -35,7 +35,8 @@ import numpy as np
 import common
 from stereodsc.bundle import Bundle
 from stereodsc.codec import EdgeEncoder
-from stereodsc.host_decoder.service import HostConfig, HostSection, HostService, InProcessReceiver, SinkSection
+from stereodsc.host_decoder.config import HostConfig, HostSection, SinkSection
+from stereodsc.host_decoder.service import HostService, InProcessReceiver
 from stereodsc.host_decoder.sinks import DecodedFrame
 
 

@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from stereodsc.codec.encoder import EdgeEncoder
-from stereodsc.host_decoder.service import HostService, InProcessReceiver, host_config_from_dict, load_host_config
+from stereodsc.host_decoder.config import host_config_from_dict, load_host_config
+from stereodsc.host_decoder.service import HostService, InProcessReceiver
 from stereodsc.host_decoder.sinks import DecodedFrame
 from stereodsc.pipeline import STEREO, collect, edge_config, free_port, host_config, run_pipeline, spawn, wait
 from tiny_models import bundle_dir, sample_pair
@@ -296,7 +297,8 @@ def test_reference_loss_decodes_dependents_with_the_last_reference(stereo: Path)
 def test_a_frame_a_camera_counts_acked_has_an_outcome_even_after_a_host_crash(stereo: Path, tmp_path: Path) -> None:
     """The host acks a frame once it has an outcome (here: decoded), not on receipt. Dependent frames
     waiting for their references when the host is SIGKILLed were never acked: their camera counts them
-    lost. So every frame a camera counts acked is in the dead host's frame log, and sent = acked + lost."""
+    lost. So every frame a camera counts acked is in the dead host's frame log, and sent = acked + lost
+    (with acks on receipt the pending frames would count acked, more than the log holds: this fails)."""
     port = free_port()
     # The dependent camera runs ahead of the reference camera: its frames wait for their pairs.
     extra: dict[str, dict[str, Any]] = {"pairing": {"policy": "wait", "deadline_ms": 60_000.0, "max_pending": 256}}
@@ -326,6 +328,8 @@ def test_a_frame_a_camera_counts_acked_has_an_outcome_even_after_a_host_crash(st
         edge = json.loads((tmp_path / f"edge{cam.camera_id}_stats.json").read_text())
         logged = sum(r["camera"] == cam.camera_id for r in decoded)
         assert edge["sent"] == edge["acked"] + edge["lost"], edge
-        assert edge["acked"] <= logged <= edge["acked"] + 1, (cam, edge, logged)  # +1: killed between log and ack
+        # Never more acked than decoded; fewer is the safe over-count of lost: a frame decoded just before
+        # the kill whose ack never left the dead host (a loaded host decodes late) counts lost at its camera.
+        assert edge["acked"] <= logged, (cam, edge, logged)
     dependent = json.loads((tmp_path / "edge1_stats.json").read_text())
     assert dependent["lost"] >= 1, "the dependent frames waiting for their pairs were counted lost"

@@ -22,8 +22,10 @@ from hypothesis import strategies as st
 from stereodsc.codec.decoder import HostDecoder
 from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.errors import BitstreamError
-from stereodsc.host_decoder.service import HostService, HostStats, InProcessReceiver, host_config_from_dict
+from stereodsc.host_decoder.config import host_config_from_dict
+from stereodsc.host_decoder.service import HostService, InProcessReceiver
 from stereodsc.host_decoder.sinks import DecodedFrame
+from stereodsc.host_decoder.stats import HostStats
 from stereodsc.wire import MAX_DIM, MAX_ID, Frame, Role
 from tiny_models import bundle_dir, sample_pair
 

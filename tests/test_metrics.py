@@ -18,8 +18,10 @@ import pytest
 
 from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.errors import ConfigError
+from stereodsc.host_decoder.config import host_config_from_dict
 from stereodsc.host_decoder.metrics import MetricsServer, MetricsSnapshot, SnapshotSource, parse_listen
-from stereodsc.host_decoder.service import HostService, HostStats, InProcessReceiver, host_config_from_dict
+from stereodsc.host_decoder.service import HostService, InProcessReceiver
+from stereodsc.host_decoder.stats import HostStats
 from stereodsc.pipeline import free_port
 from stereodsc.transport import ReceiverStats
 from tiny_models import bundle_dir, sample_pair

@@ -17,7 +17,8 @@ from stereodsc.codec.decoder import HostDecoder
 from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.export import export_bundle
-from stereodsc.host_decoder.service import HostService, host_config_from_dict
+from stereodsc.host_decoder.config import host_config_from_dict
+from stereodsc.host_decoder.service import HostService
 from stereodsc.images import read_rgb
 from stereodsc.pipeline import (
     STEREO,

@@ -16,7 +16,8 @@ import pytest
 from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.edge_encoder.daemon import edge_config_from_dict
 from stereodsc.errors import ConfigError
-from stereodsc.host_decoder.service import HostService, InProcessReceiver, host_config_from_dict
+from stereodsc.host_decoder.config import host_config_from_dict
+from stereodsc.host_decoder.service import HostService, InProcessReceiver
 from stereodsc.host_decoder.sinks import DecodedFrame
 from stereodsc.pipeline import STEREO, free_port, run_pipeline
 from stereodsc.security import load_client_curve, load_server_curve, new_keypair
@@ -267,7 +268,7 @@ def test_rate_limits_are_off_by_default_and_validated(stereo: Path) -> None:
 @pytest.mark.parametrize("name", ["host", "edge"])
 def test_deploy_configs_parse(name: str) -> None:
     from stereodsc.edge_encoder.daemon import load_edge_config
-    from stereodsc.host_decoder.service import load_host_config
+    from stereodsc.host_decoder.config import load_host_config
 
     path = Path(__file__).parent.parent / "deploy" / f"{name}.toml"
     cfg = (load_host_config if name == "host" else load_edge_config)(path)

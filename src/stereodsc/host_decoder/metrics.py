@@ -27,7 +27,7 @@ from stereodsc.errors import ConfigError
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-    from stereodsc.host_decoder.service import HostStats
+    from stereodsc.host_decoder.stats import HostStats
 
 log = logging.getLogger("stereodsc.host.metrics")
 

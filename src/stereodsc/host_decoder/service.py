@@ -16,8 +16,9 @@ that camera's sequence state and pairing state and maps its numbering onto the r
 
 Crash-consistent accounting: with ``stats_file`` set, the statistics are rewritten atomically (a
 temporary file renamed over it) every ``stats_file_every_s`` and at exit (``"final": true``). The file
-is never torn, at most that old after a crash, and holds ``pending`` (frames acked and waiting for their
-pair: lost if the host dies then). A host that starts over a non-final file logs what the dead host
+is never torn, at most that old after a crash, and holds ``pending`` (frames waiting for their pair:
+not acked yet, so their cameras count them lost if the host dies then; a frame is acked once it has an
+outcome). A host that starts over a non-final file logs what the dead host
 left pending and reports it as ``previous_run``.
 
     receiver --bytes--> parse + bundle check --Frame--> admission (camera caps, rate) --Arrival-->
@@ -35,17 +36,17 @@ import os
 import signal
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from stereodsc.errors import BitstreamError, ConfigError
-from stereodsc.host_decoder.admission import Admission, CameraState
-from stereodsc.host_decoder.metrics import Histogram, MetricsServer, MetricsSnapshot, SnapshotSource, parse_listen
+from stereodsc.host_decoder.admission import Admission
+from stereodsc.host_decoder.config import HostConfig, HostSection, SecuritySection, load_host_config
+from stereodsc.host_decoder.metrics import MetricsServer, MetricsSnapshot, SnapshotSource
 from stereodsc.host_decoder.pairing import (
     DecodeDependent,
     DecodeReference,
@@ -57,7 +58,7 @@ from stereodsc.host_decoder.pairing import (
 )
 from stereodsc.host_decoder.sessions import Sessions
 from stereodsc.host_decoder.sinks import DecodedFrame, FrameLogSink, PngSink, PublishSink, Sink
-from stereodsc.tomlio import load_toml, sections
+from stereodsc.host_decoder.stats import HostStats
 from stereodsc.transport import Envelope, Received, ReceiverStats
 from stereodsc.wire import Frame, Role, check_bundle, seq_delta, unpack
 
@@ -65,199 +66,6 @@ if TYPE_CHECKING:
     from stereodsc.codec import HostDecoder
 
 log = logging.getLogger("stereodsc.host")
-
-
-@dataclass
-class HostSection:
-    endpoint: str = "tcp://*:5555"
-    bundle: str = ""  # bundle folder, or a shipped bundle's name (stereodsc models); empty: "default"
-    extra_bundles: list[str] = field(default_factory=list)  # more bundles the cameras may use, e.g. ["dsin"]
-    backend: str = "cpu"  # cpu | cuda | tensorrt-ep | tensorrt
-    engine_cache: str = ""  # TensorRT engines (empty: $CACHE_DIRECTORY under systemd, else ~/.cache/stereodsc)
-    fallback: str = ""  # "cpu": run on the CPU when the GPU backend cannot (logged, in the stats); empty: refuse
-    max_frame_bytes: int = 1 << 20
-    ack: str = "outcome"  # "outcome": a frame is acked once decoded, dropped or rejected; "receipt": on arrival
-    recv_hwm: int = 64
-    stats_every_s: float = 10.0
-    max_frames: int = 0  # stop after this many received messages (0: never)
-    idle_exit_s: float = 0.0  # stop when nothing arrived for this long after the first frame (0: never)
-    stats_file: str = ""  # the statistics as JSON: rewritten atomically every stats_file_every_s and at exit
-    stats_file_every_s: float = 1.0  # how old stats_file may be after a crash
-    max_cameras_per_rig: int = 0  # frames from further camera ids of a rig: dropped "too_many_cameras" (0: no limit)
-    max_frames_per_s_per_camera: float = 0.0  # token bucket (1 s burst); beyond: dropped "rate_limited" (0: off)
-    stale_after_s: float = 10.0  # silent this long: reported stale, its table slot may go to a new camera (0: never)
-    new_cameras_per_s: float = 1.0  # new camera ids one sender (key/connection) may add per s (burst 4x; 0: no limit)
-    metrics_listen: str = ""  # "host:port": serve Prometheus metrics at http://host:port/metrics (empty: off)
-    warm_sizes: list[str] = field(default_factory=lambda: ["128x256"])  # HxW decoded once at start-up
-
-
-@dataclass
-class PairingSection:
-    match_by: str = "seq"  # "seq" (cameras share a trigger) or "time" (capture clocks within tolerance)
-    tolerance_ms: float = 20.0
-    deadline_ms: float = 1000.0
-    max_pending: int = 64
-    max_references: int = 8
-    policy: str = "latest_reference"  # wait | latest_reference | no_side_info | drop
-    last_reference_ms: float = 0.0  # reference loss: decode unpaired dependents with a reference this young (0: off)
-
-
-@dataclass
-class SinkSection:
-    png_dir: str = ""  # write every decoded frame as rig<R>_cam<C>_<seq>.png
-    publish: str = ""  # bind a ZeroMQ PUB socket here and publish decoded frames
-    frame_log: str = ""  # JSON lines, one per decoded frame (symbols sha256, latency): audits and tests
-
-
-@dataclass
-class SecuritySection:
-    curve: bool = False  # false: plain TCP, anyone who reaches the port can send frames (logged at start)
-    server_secret: str = ""  # the host's keypair (stereodsc keys new host): host.key_secret
-    allowed_keys: str = ""  # folder of the public keys (*.key) of the cameras let in; rig<R>_cam<C>.key: bound
-    require_bound_keys: bool = False  # true: every key must be named rig<R>_cam<C>.key (no key sends as any camera)
-
-
-@dataclass
-class HostConfig:
-    host: HostSection = field(default_factory=HostSection)
-    pairing: PairingSection = field(default_factory=PairingSection)
-    sinks: SinkSection = field(default_factory=SinkSection)
-    security: SecuritySection = field(default_factory=SecuritySection)
-
-
-def host_config_from_dict(raw: dict[str, Any], source: str = "<host config>") -> HostConfig:
-    schema = {"host": HostSection, "pairing": PairingSection, "sinks": SinkSection, "security": SecuritySection}
-    cfg = HostConfig(**sections(raw, schema, source))
-    policies = [p.value for p in PairingPolicy]
-    if cfg.pairing.policy not in policies:
-        raise ConfigError(f"{source}: [pairing] policy = {cfg.pairing.policy!r}; choose one of {policies}")
-    h = cfg.host
-    if min(h.max_cameras_per_rig, h.max_frames_per_s_per_camera, h.stale_after_s, h.new_cameras_per_s) < 0:
-        raise ConfigError(
-            f"{source}: [host] max_cameras_per_rig, max_frames_per_s_per_camera, stale_after_s and "
-            "new_cameras_per_s must be >= 0"
-        )
-    if h.stats_file_every_s <= 0:
-        raise ConfigError(f"{source}: [host] stats_file_every_s must be > 0 (seconds between stats_file writes)")
-    if cfg.pairing.last_reference_ms < 0:
-        raise ConfigError(f"{source}: [pairing] last_reference_ms must be >= 0 (0: off)")
-    sec = cfg.security
-    if sec.curve and not (sec.server_secret and sec.allowed_keys):
-        raise ConfigError(f"{source}: [security] curve = true needs server_secret and allowed_keys")
-    if not all(isinstance(b, str) and b for b in cfg.host.extra_bundles):
-        raise ConfigError(f"{source}: [host] extra_bundles must be a list of bundle folders or shipped names")
-    if h.metrics_listen:
-        parse_listen(h.metrics_listen, source)
-    if h.fallback not in ("", "cpu"):
-        raise ConfigError(f"{source}: [host] fallback = {h.fallback!r}; choose 'cpu' or leave it empty (refuse)")
-    if h.ack not in ("outcome", "receipt"):
-        raise ConfigError(f"{source}: [host] ack = {h.ack!r}; choose 'outcome' (the default) or 'receipt'")
-    return cfg
-
-
-def load_host_config(path: str | Path) -> HostConfig:
-    return host_config_from_dict(load_toml(path), str(path))
-
-
-class LatencyStats:
-    """Per-stage latency samples (the most recent 10,000) and their percentiles, and a histogram of all."""
-
-    def __init__(self) -> None:
-        self.samples: dict[str, deque[float]] = {}
-        self.histograms: dict[str, Histogram] = {}
-
-    def add(self, stage: str, seconds: float) -> None:
-        self.samples.setdefault(stage, deque(maxlen=10_000)).append(seconds)
-        self.histograms.setdefault(stage, Histogram()).observe(seconds)
-
-    def percentiles(self) -> dict[str, dict[str, float]]:
-        out = {}
-        for stage, values in self.samples.items():
-            arr = np.asarray(values) * 1000
-            out[stage] = {f"p{q}_ms": round(float(np.percentile(arr, q)), 3) for q in (50, 90, 99)}
-            out[stage]["count"] = len(arr)
-        return out
-
-
-@dataclass
-class HostStats:
-    received: int = 0
-    bytes_received: int = 0
-    rejected: Counter[str] = field(default_factory=Counter)  # by error type
-    decoded_reference: int = 0
-    decoded_with_side_info: int = 0
-    decoded_without_side_info: Counter[str] = field(default_factory=Counter)  # by reason
-    decoded_with_last_reference: Counter[str] = field(default_factory=Counter)  # reference loss, by reason
-    dropped: Counter[str] = field(default_factory=Counter)  # by pairing reason, rate_limited, too_many_cameras
-    decode_errors: Counter[str] = field(default_factory=Counter)
-    sequence_gaps: int = 0  # frames a camera numbered but the host never received
-    refused_keys: Counter[str] = field(default_factory=Counter)  # CURVE handshakes refused, by camera key
-    camera_restarts: Counter[str] = field(default_factory=Counter)  # new sessions, by how they were aligned
-    cameras_evicted: int = 0  # stale cameras whose table slot went to a new camera
-    pending: int = 0  # frames acked and waiting in the pairing buffer (set when the stats are written)
-    previous_run: dict[str, Any] = field(default_factory=dict)  # what a host that died left in stats_file
-    link: ReceiverStats | None = None  # the receiver's own counters (acks_dropped, rejected_envelope)
-    latency: LatencyStats = field(default_factory=LatencyStats)
-    cameras: dict[tuple[int, int], CameraState] = field(default_factory=dict)  # (rig, camera) -> state
-    stale_after_s: float = 0.0
-    backend_fell_back: bool = False  # a GPU backend could not run and fallback = "cpu" took over
-
-    def stale_cameras(self, now: float) -> list[str]:
-        """``"rig.camera"`` of the cameras silent for longer than `stale_after_s` (none when it is 0)."""
-        if not self.stale_after_s:
-            return []
-        return [f"{r}.{c}" for (r, c), st in self.cameras.items() if now - st.last_seen > self.stale_after_s]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "received": self.received,
-            "bytes_received": self.bytes_received,
-            "rejected": dict(self.rejected),
-            "decoded_reference": self.decoded_reference,
-            "decoded_with_side_info": self.decoded_with_side_info,
-            "decoded_without_side_info": dict(self.decoded_without_side_info),
-            "decoded_with_last_reference": dict(self.decoded_with_last_reference),
-            "dropped": dict(self.dropped),
-            "decode_errors": dict(self.decode_errors),
-            "sequence_gaps": self.sequence_gaps,
-            "refused_keys": dict(self.refused_keys),
-            "camera_restarts": dict(self.camera_restarts),
-            "cameras_evicted": self.cameras_evicted,
-            "pending": self.pending,
-            "previous_run": self.previous_run,
-            "backend_fell_back": self.backend_fell_back,
-            "link": {"acks_dropped": self.link.acks_dropped, "rejected_envelope": self.link.rejected_envelope}
-            if self.link
-            else {},
-            "cameras": self._cameras_dict(time.monotonic()),
-            "latency": self.latency.percentiles(),
-        }
-
-    def _cameras_dict(self, now: float) -> dict[str, dict[str, Any]]:
-        stale = set(self.stale_cameras(now))
-        return {
-            f"{r}.{c}": {"last_seen_s_ago": round(now - st.last_seen, 3), "stale": f"{r}.{c}" in stale}
-            for (r, c), st in sorted(self.cameras.items())
-        }
-
-    def decoded(self) -> int:
-        """Frames decoded, every kind."""
-        return (
-            self.decoded_reference
-            + self.decoded_with_side_info
-            + sum(self.decoded_with_last_reference.values())
-            + sum(self.decoded_without_side_info.values())
-        )
-
-    def line(self) -> str:
-        decoded = self.decoded()
-        lat = self.latency.percentiles().get("total", {})
-        return (
-            f"received {self.received}, decoded {decoded} ({self.decoded_with_side_info} with side info), "
-            f"rejected {sum(self.rejected.values())}, dropped {sum(self.dropped.values())}, "
-            f"gaps {self.sequence_gaps}, refused keys {sum(self.refused_keys.values())}, "
-            f"latency p50 {lat.get('p50_ms', 0):.1f} ms"
-        )
 
 
 def _key(arrival: Arrival) -> tuple[int, int, int, int, int]:

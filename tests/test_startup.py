@@ -103,3 +103,18 @@ def test_a_camera_that_delivered_nothing_exits_1(tmp_path: Path) -> None:
     raw["link"].update(wait_for_host_s=0.0, drain_s=0.2)
     config.write_text(dump_toml(raw))
     assert main(["edge", "--config", str(config)]) == 1
+
+
+def test_a_rig_beyond_the_models_disparity_range_is_reported() -> None:
+    """KITTI's rig (721 px focal, 0.54 m baseline) with a model that searches 96 px: objects from
+    4.06 m on are matched; a rig expecting objects at 2 m needs 195 px and gets a warning naming fixes."""
+    import logging
+
+    from stereodsc.edge_encoder.daemon import disparity_report
+
+    level, message = disparity_report(721.5, 0.54, 96, 0.0)
+    assert level == logging.INFO and "from 4.06" in message and "min_depth_m" in message
+    level, message = disparity_report(721.5, 0.54, 96, 5.0)
+    assert level == logging.INFO and "at 78 px" in message
+    level, message = disparity_report(721.5, 0.54, 96, 2.0)
+    assert level == logging.WARNING and "195 px" in message and "larger max_disparity" in message

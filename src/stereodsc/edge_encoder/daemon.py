@@ -52,6 +52,7 @@ class CameraSection:
     max_frames: int = 0  # stop after this many captured frames (0: never)
     rig_file: str = ""  # rectify with this rig (stereodsc calibrate)
     rectified: bool = False  # without a rig file: the frames come rectified (a stereo camera that rectifies itself)
+    min_depth_m: float = 0.0  # nearest object expected (rig-file units), checked against the model (0: unknown)
 
 
 @dataclass
@@ -129,6 +130,24 @@ def edge_config_from_dict(raw: dict[str, Any], source: str = "<edge config>") ->
     return cfg
 
 
+def disparity_report(focal_px: float, baseline: float, max_disparity: int, min_depth: float) -> tuple[int, str]:
+    """(log level, message) on whether the side-information model's search covers this rig: it finds an
+    object's match in the reference view within `max_disparity` columns, i.e. down to the depth
+    focal x baseline / max_disparity; a nearer object is matched wrongly and its side information lost."""
+    nearest = focal_px * baseline / max_disparity
+    covered = f"the model matches disparities up to {max_disparity} px: objects from {nearest:.2f} (rig units) away"
+    if not min_depth:
+        return logging.INFO, f"{covered}; set [camera] min_depth_m to have the rig checked against it"
+    needed = focal_px * baseline / min_depth
+    if needed <= max_disparity:
+        return logging.INFO, f"{covered}; the nearest expected object ({min_depth} away) is at {needed:.0f} px"
+    return logging.WARNING, (
+        f"this rig's disparity reaches {needed:.0f} px at the nearest expected object ({min_depth} away), beyond "
+        f"what the model was trained to match ({covered}): nearer objects lose their side information. Use a "
+        "model trained for a larger max_disparity, a smaller baseline, or a smaller image"
+    )
+
+
 def load_edge_config(path: str | Path) -> EdgeConfig:
     return edge_config_from_dict(load_toml(path), str(path))
 
@@ -188,7 +207,12 @@ class CameraNode:
             from stereodsc.calibration import Rectifier, load_rig
 
             which: Literal["left", "right"] = "left" if self.role is CodecRole.INTRA else "right"
-            self.rectify = Rectifier.from_rig(load_rig(cam.rig_file), which)
+            rig = load_rig(cam.rig_file)
+            self.rectify = Rectifier.from_rig(rig, which)
+            max_disparity = self.encoder.codec.model_config.get("max_disparity")
+            if self.role is CodecRole.SIDE_INFO and max_disparity:
+                level, message = disparity_report(rig.rectified_focal, rig.baseline, max_disparity, cam.min_depth_m)
+                log.log(level, "%s", message)
         self.frames = open_source(cam.source, cam.path, cam.drive_camera, cam.loop)
         sec = cfg.security
         curve = load_client_curve(sec.secret, sec.server_public) if sec.curve else None

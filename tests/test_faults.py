@@ -333,3 +333,38 @@ def test_a_frame_a_camera_counts_acked_has_an_outcome_even_after_a_host_crash(st
         assert edge["acked"] <= logged, (cam, edge, logged)
     dependent = json.loads((tmp_path / "edge1_stats.json").read_text())
     assert dependent["lost"] >= 1, "the dependent frames waiting for their pairs were counted lost"
+
+
+def test_an_unrectified_camera_is_reported_once_with_the_fix(caplog: pytest.LogCaptureFixture) -> None:
+    """The shipped default bundle at its highest quality on the sample pair: a rectified rig passes the
+    host's row check; a dependent camera whose frames sit 8 rows off its reference's is logged (with
+    how to calibrate) and counted once per camera session, and still decoded."""
+    import logging
+
+    import numpy as np
+
+    from stereodsc.bundle import load_bundle
+    from stereodsc.bundles import shipped_bundles
+    from stereodsc.edge_encoder.sources import kitti_frames
+    from stereodsc.eval.preprocess import paper_protocol
+    from stereodsc.images import read_rgb
+    from stereodsc.sample import drive_path
+
+    left, right = (paper_protocol(read_rgb(kitti_frames(drive_path(), c)[0][0])) for c in ("left", "right"))
+    bundle = load_bundle(shipped_bundles()["default"])
+    ref, dep = EdgeEncoder(bundle, "intra", 3), EdgeEncoder(bundle, "side_info", 3)
+    cfg = host_config_from_dict({"host": {"bundle": "default"}})
+    service = HostService.from_config(cfg, receiver=InProcessReceiver())
+    try:
+        with caplog.at_level(logging.WARNING, logger="stereodsc.host"):
+            shifted = np.roll(right, 8, axis=0)
+            for seq, (rig, view) in enumerate(((1, right), (2, shifted), (2, shifted))):
+                for enc, image, cam in ((ref, left, 0), (dep, view, 1)):
+                    frame = enc.frame(enc.encode(image), rig_id=rig, camera_id=cam, seq=seq, t_capture_ns=seq)
+                    service.handle(frame.pack(), time.monotonic())
+        assert service.stats.decoded_with_side_info == 3
+        assert service.stats.misaligned_cameras == 1  # rig 2's camera, once for its session
+        warnings = [r.getMessage() for r in caplog.records if "not rectified" in r.getMessage()]
+        assert len(warnings) == 1 and "camera 2.1" in warnings[0] and "stereodsc calibrate" in warnings[0]
+    finally:
+        service.close()

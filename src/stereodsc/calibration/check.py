@@ -89,6 +89,20 @@ def _match_features(
     return pl[keep], pr[keep]
 
 
+ROW_CHECK_MIN_MATCHES = 30
+"""Matches needed before `row_offset` concludes (a blurry low-rate decode gives too few to trust)."""
+
+
+def row_offset(view: np.ndarray, side: np.ndarray) -> float | None:
+    """Median |dy| (px) of the features matched between two views that should be row-aligned, e.g. a
+    decoded dependent frame and its side image; None when fewer than ROW_CHECK_MIN_MATCHES match.
+    A rectified pair gives well under 1 px; a pair shifted by k rows gives about k."""
+    pl, pr = _match_features(view, side)
+    if len(pl) < ROW_CHECK_MIN_MATCHES:
+        return None
+    return float(np.median(np.abs(pl[:, 1] - pr[:, 1])))
+
+
 def check_rectification(
     rig: StereoRig,
     left_img: np.ndarray | str | Path,

@@ -99,6 +99,7 @@ class MetricsSnapshot:
     cameras_evicted: int = 0
     pending: int = 0
     backend_fell_back: bool = False  # a GPU backend could not run and fallback = "cpu" took over
+    misaligned_cameras: int = 0
 
     @classmethod
     def of(cls, stats: HostStats) -> MetricsSnapshot:
@@ -130,6 +131,7 @@ class MetricsSnapshot:
             cameras_evicted=stats.cameras_evicted,
             pending=stats.pending,
             backend_fell_back=stats.backend_fell_back,
+            misaligned_cameras=stats.misaligned_cameras,
         )
 
     def families(self) -> list[Metric]:
@@ -168,6 +170,11 @@ class MetricsSnapshot:
                 aligned_by=self.camera_restarts,
             ),
             counter("cameras_evicted", "Stale cameras whose table slot went to a new camera.", self.cameras_evicted),
+            counter(
+                "cameras_misaligned",
+                "Camera sessions whose rows did not match the side image's (an unrectified pair).",
+                self.misaligned_cameras,
+            ),
             GaugeMetricFamily(
                 PREFIX + "frames_pending", "Frames waiting for their pair (not acked yet).", value=self.pending
             ),

@@ -67,6 +67,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("stereodsc.host")
 
+MAX_ROW_OFFSET_PX = 2.0
+"""A rectified pair's matched features lie within a pixel of the same row; beyond this, it is not rectified."""
+
 
 def _key(arrival: Arrival) -> tuple[int, int, int, int, int]:
     f = arrival.frame
@@ -180,6 +183,7 @@ class HostService:
         self.stats = HostStats(stale_after_s=h.stale_after_s, link=receiver.stats, cameras=self.admission.cameras)
         self.stats.backend_fell_back = any(d.fell_back for d in self.decoders.values())  # known after warm-up
         self._references: dict[tuple[int, int, int, int, int], np.ndarray] = {}
+        self._rows_checked: set[tuple[int, int, int]] = set()  # (rig, camera, session): first frame with side
         self._stats_written_at = -float("inf")
         if h.stats_file:
             self.stats.previous_run = _previous_run(Path(h.stats_file))
@@ -394,7 +398,10 @@ class HostService:
                 self.stats.decoded_reference += 1
         elif isinstance(event, DecodeDependent):
             side = self._references.get(_key(event.reference)) if event.reference is not None else None
-            if self._decode(event.frame, side) is not None:
+            image = self._decode(event.frame, side)
+            if image is not None and side is not None:
+                self._check_rows(event.frame, image, side)
+            if image is not None:
                 if side is not None and event.last_reference:
                     self.stats.decoded_with_last_reference[event.reason.value] += 1
                 elif side is not None:
@@ -450,6 +457,28 @@ class HostService:
             sink(out)
         self.stats.latency.add("total", time.monotonic() - arrival.received_at)
         return decoded.image
+
+    def _check_rows(self, arrival: Arrival, image: np.ndarray, side: np.ndarray) -> None:
+        """Once per camera session, whether the dependent frame's rows match its side image's: side
+        information is aligned along the rows of a rectified pair, so an unrectified camera decodes
+        worse, silently. A median offset over `MAX_ROW_OFFSET_PX` is logged with the fix and counted."""
+        from stereodsc.calibration.check import row_offset  # OpenCV's SIFT: only here
+
+        key = (arrival.rig_id, arrival.camera_id, arrival.session)
+        if key in self._rows_checked:
+            return
+        self._rows_checked.add(key)
+        offset = row_offset(image, side)
+        if offset is not None and offset > MAX_ROW_OFFSET_PX:
+            self.stats.misaligned_cameras += 1
+            log.warning(
+                "camera %d.%d: its rows are %.1f px off the side image's (median of matched features): the pair "
+                "is not rectified, so its side information is misaligned; calibrate the rig (stereodsc calibrate) "
+                "and set the camera's [camera] rig_file",
+                arrival.rig_id,
+                arrival.camera_id,
+                offset,
+            )
 
     # ---- helpers -------------------------------------------------------------------------------
     def check_liveness(self, now: float) -> None:

@@ -56,6 +56,7 @@ class HostStats:
     latency: LatencyStats = field(default_factory=LatencyStats)
     cameras: dict[tuple[int, int], CameraState] = field(default_factory=dict)  # (rig, camera) -> state
     stale_after_s: float = 0.0
+    misaligned_cameras: int = 0  # camera sessions whose frames' rows did not match the side image's
     backend_fell_back: bool = False  # a GPU backend could not run and fallback = "cpu" took over
 
     def stale_cameras(self, now: float) -> list[str]:
@@ -82,6 +83,7 @@ class HostStats:
             "pending": self.pending,
             "previous_run": self.previous_run,
             "backend_fell_back": self.backend_fell_back,
+            "misaligned_cameras": self.misaligned_cameras,
             "link": {"acks_dropped": self.link.acks_dropped, "rejected_envelope": self.link.rejected_envelope}
             if self.link
             else {},

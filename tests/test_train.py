@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import re
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -293,23 +297,23 @@ def test_training_ms_ssim_matches_the_evaluation_metric(sample_drive: Path) -> N
     assert got == pytest.approx(ref, abs=1e-5)
 
 
-def test_sigterm_saves_a_checkpoint(tmp_path: Path) -> None:
-    import signal
-    import subprocess
-    import sys
-    import time
+def await_validations(proc: subprocess.Popen[bytes], run: Path, count: int = 2) -> None:
+    """Wait until the training process `proc` has written `count` validations to ``run/metrics.jsonl``."""
+    metrics = run / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= count):
+        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+        assert time.monotonic() < deadline, "training made no progress"
+        time.sleep(0.2)
 
+
+def test_sigterm_saves_a_checkpoint(tmp_path: Path) -> None:
     raw = tiny_config(tmp_path / "run", steps=100000)
     raw["train"]["checkpoint_every"] = 100000  # only the signal can write the checkpoint we look for
     cfg_path = write_toml(tmp_path / "cfg.toml", raw)
     cmd = [sys.executable, "-m", "stereodsc.cli", "train", "--config", str(cfg_path), "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.monotonic() < deadline, "training made no progress"
-        time.sleep(0.2)
+    await_validations(proc, tmp_path / "run")
     proc.send_signal(signal.SIGTERM)
     out = proc.communicate(timeout=60)[0].decode()
     assert proc.returncode == 130 and "checkpoint saved" in out

@@ -18,7 +18,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -30,7 +29,7 @@ from stereodsc.train.checkpoint import load_checkpoint
 from stereodsc.train.config import config_from_dict
 from stereodsc.train.distributed import Distributed
 from stereodsc.train.loop import Trainer
-from test_train import tiny_config, write_toml
+from test_train import await_validations, tiny_config, write_toml
 
 TOLERANCE = 1e-6
 
@@ -96,12 +95,7 @@ def test_sigterm_stops_every_process_after_the_same_step_with_a_checkpoint(tmp_p
     raw["train"]["checkpoint_every"] = 100000  # only the signal can write the checkpoint we look for
     config = write_toml(tmp_path / "cfg.toml", raw)
     proc = subprocess.Popen(torchrun(config), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    metrics = tmp_path / "run" / "metrics.jsonl"
-    deadline = time.monotonic() + 120
-    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 2):
-        assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-        assert time.monotonic() < deadline, "training made no progress"
-        time.sleep(0.2)
+    await_validations(proc, tmp_path / "run")
     proc.send_signal(signal.SIGTERM)  # torchrun passes it on to both workers
     out = proc.communicate(timeout=60)[0].decode()
     assert out.count("checkpoint saved") == 1, out  # rank 0's

@@ -180,19 +180,19 @@ def cmd_decode(args: argparse.Namespace) -> int:
     from stereodsc.codec.files import decode_file, read_frame
     from stereodsc.errors import ConfigError
 
-    frame_path, side = Path(args.frame), Path(args.side) if args.side else None
+    frame_path, side, out = Path(args.frame), Path(args.side) if args.side else None, Path(args.output)
+    frame = read_frame(frame_path)
     if args.model:
-        frame = read_frame(frame_path)
         with open_model(args.model, (frame.height, frame.width)) as bundle:
-            print(decode_file(frame_path, bundle, side, Path(args.output)))
+            print(decode_file(frame_path, frame, bundle, side, out))
         return 0
-    found = find_shipped(read_frame(frame_path).bundle_id)
+    found = find_shipped(frame.bundle_id)
     if found is None:
         raise ConfigError(
-            f"{frame_path} was encoded with bundle {read_frame(frame_path).bundle_id.hex()}..., which does not "
+            f"{frame_path} was encoded with bundle {frame.bundle_id.hex()}..., which does not "
             "ship with this install: pass --model with its bundle folder (or the checkpoint)"
         )
-    print(decode_file(frame_path, load_bundle(found), side, Path(args.output)))
+    print(decode_file(frame_path, frame, load_bundle(found), side, out))
     return 0
 
 

@@ -10,6 +10,8 @@ another export from the training runs, see README).
 A config's ``bundle`` may name a shipped bundle ("default", "dsin") instead of a folder.
 """
 
+import functools
+import hashlib
 from pathlib import Path
 
 from stereodsc.errors import ConfigError
@@ -86,9 +88,13 @@ def default_bundle() -> Path:
 
 def find_shipped(bundle_id: bytes) -> Path | None:
     """The shipped bundle whose id starts with `bundle_id` (a frame's 8-byte id), or None."""
-    import hashlib
+    return next((folder for digest, folder in _shipped_digests() if digest.startswith(bundle_id)), None)
 
-    for folder in shipped_bundles().values():
-        if hashlib.sha256((folder / "manifest.json").read_bytes()).digest().startswith(bundle_id):
-            return folder
-    return None
+
+@functools.lru_cache(maxsize=1)
+def _shipped_digests() -> tuple[tuple[bytes, Path], ...]:
+    """(sha256 of manifest.json, folder) of every shipped bundle: hashed once per process, not per frame."""
+    return tuple(
+        (hashlib.sha256((folder / "manifest.json").read_bytes()).digest(), folder)
+        for folder in shipped_bundles().values()
+    )

@@ -90,10 +90,14 @@ class HostDecoder:
             point = codec.quality(frame.quality)
         except BundleError as e:
             raise UndecodableFrameError(f"{frame.role.name} frame: {e}; the camera runs another bundle?") from None
-        key = (codec.role, frame.quality)
+        return point, self._coding_of(codec, point)
+
+    def _coding_of(self, codec: Codec, point: QualityPoint) -> Coding:
+        """The quality's tables and scale nets, loaded from the bundle once."""
+        key = (codec.role, point.index)
         if key not in self._coding:
             self._coding[key] = load_coding(codec, point)
-        return point, self._coding[key]
+        return self._coding[key]
 
     def warm_up(self, sizes: Iterable[Size] = ((64, 128),)) -> int:
         """Decode an all-zero frame of every codec and quality at every size the host graphs run at:
@@ -110,7 +114,7 @@ class HostDecoder:
         return runs
 
     def _zero_frame(self, role: CodecRole, codec: Codec, point: QualityPoint, size: Size) -> Frame:
-        coding = load_coding(codec, point)
+        coding = self._coding_of(codec, point)
         shapes = codec.latent_shapes(*padded_size(size, codec.stride))
         coded: dict[str, np.ndarray] = {}
         segments = []

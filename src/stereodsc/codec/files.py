@@ -67,15 +67,13 @@ def encode_file(bundle: Bundle, quality: int, image: Path, out: Path, codec: str
     )
 
 
-def decode_file(frame_path: Path, bundle: Bundle, side: Path | None, out: Path) -> str:
-    """One wire frame file (+ the side image file) -> an image file; returns a summary.
-
-    The side image is required exactly when the frame's codec uses side information.
-    """
+def decode_file(frame_path: Path, frame: Frame, bundle: Bundle, side: Path | None, out: Path) -> str:
+    """One wire frame (`frame`, as `read_frame` parsed it from `frame_path`) + the side image file -> an
+    image file; returns a summary. The side image is required exactly when the frame's codec uses side
+    information."""
     from stereodsc.images import read_rgb, write_rgb  # opencv: only for files
 
     output_path(out)
-    frame = read_frame(frame_path)
     decoder = HostDecoder(bundle)
     codec = decoder.codec_for(frame)
     if codec.uses_side_info and side is None:

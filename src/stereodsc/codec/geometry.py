@@ -48,7 +48,11 @@ def crop(image: np.ndarray, size: Size) -> np.ndarray:
 
 
 def bpp(num_bytes: int, height: int, width: int) -> float:
-    """Bits per pixel of `num_bytes` over the original (unpadded) image."""
+    """Bits per pixel of `num_bytes` over the original (unpadded) `height` x `width` pixels."""
+    if height <= 0 or width <= 0:
+        raise DataError(f"bpp needs a positive image size, got {height}x{width}")
+    if num_bytes < 0:
+        raise DataError(f"bpp needs a non-negative byte count, got {num_bytes}")
     return 8.0 * num_bytes / (height * width)
 
 

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from stereodsc.codec.geometry import bpp as bpp  # one definition: the codec counts bytes the same way
 from stereodsc.errors import DataError
 
 MS_SSIM_WEIGHTS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)
@@ -123,12 +124,3 @@ def ms_ssim_db(value: float) -> float:
     if value >= 1.0:
         return math.inf
     return -10.0 * math.log10(1.0 - value)
-
-
-def bpp(num_bytes: int, height: int, width: int) -> float:
-    """Bits per pixel of ``num_bytes`` over the original (unpadded) ``height`` x ``width`` pixels."""
-    if height <= 0 or width <= 0:
-        raise DataError(f"bpp needs a positive image size, got {height}x{width}")
-    if num_bytes < 0:
-        raise DataError(f"bpp needs a non-negative byte count, got {num_bytes}")
-    return 8.0 * num_bytes / (height * width)

@@ -115,6 +115,7 @@ class Receiver(Protocol):
     as session 0 from an unknown sender."""
 
     stats: ReceiverStats
+    ack_on_receipt: bool  # False: the service acks each frame with `ack` once it has an outcome
 
     def recv(self, timeout_ms: int) -> bytes | None: ...
 
@@ -131,6 +132,7 @@ class InProcessReceiver:
 
     def __init__(self) -> None:
         self.stats = ReceiverStats()
+        self.ack_on_receipt = False
 
     def recv(self, timeout_ms: int) -> bytes | None:
         return None
@@ -318,8 +320,8 @@ class HostService:
             self.act(self.pairer.push(arrival, time.monotonic_ns()))
 
     def _ack(self, envelope: Envelope | None) -> None:
-        """Ack a frame that reached its outcome (with ``[host] ack = "outcome"``, the default)."""
-        if envelope is not None and envelope.token and self.settings.ack == "outcome":
+        """Ack a frame that reached its outcome, unless the receiver acked it on receipt (``[host] ack``)."""
+        if envelope is not None and envelope.token and not self.receiver.ack_on_receipt:
             self.receiver.ack(envelope)
 
     def _admit(self, data: bytes, envelope: Envelope, received_at: float) -> Arrival | None:

@@ -48,7 +48,7 @@ def test_the_reference_encoder_is_what_the_issue_measured() -> None:
     assert set(EDGE_PRESETS) < set(PRESETS)
     assert edge_macs(build_model("balle2017", "small"))["g_a"] == pytest.approx(5.34e9, rel=0.01)
     native = edge_macs(build_model("balle2018", "native"))
-    assert native["edge_graph"] < edge_macs(build_model("balle2017", "small"))["g_a"] / 5
+    assert native["edge_graph"] + native["h_s"] < edge_macs(build_model("balle2017", "small"))["g_a"] / 3
 
 
 def test_macs_are_counted_at_the_padded_size() -> None:

@@ -28,7 +28,7 @@ CHECKPOINTS: dict[str, tuple[str, dict[str, Any], float, int]] = {
     "ndic_hi": ("ndic", {}, 0.02, 3),
     "cam": ("ndic_cam", CAM_TINY, 0.01, 4),
     "dsin": ("dsin", {"max_row_offset": 8}, 0.01, 5),
-    "balle2018": ("balle2018", {}, 0.01, 6),
+    "balle2018": ("balle2018", {"encoder": "minimal", "edge_channels": [8, 8, 8]}, 0.01, 6),  # the camera encoder
     "ndic_hyper": ("ndic", {"backbone": "balle2018"}, 0.01, 7),
 }
 SMALL_SIZES = ((64, 128), (128, 256))

@@ -153,6 +153,24 @@ def mix_source(path: Path) -> str | None:
     return next((key for key, source in MIX_SOURCES.items() if source.folder in path.parts), None)
 
 
+def held_out_names(folder: Path) -> set[str] | None:
+    """The pair names of ``folder`` that the native mix never trains on, or None when ``folder`` is not
+    one of the mix's data sets (its name is not a ``MIX_SOURCES`` folder).
+
+    Names are what the pairs are called: a pair folder's ``<name>`` (of ``<name>_L``), the drive's
+    frame stem (its last ``DRIVE_HELD_OUT`` frames, read from the folder). One source of truth for
+    training (``native_mix_pairs``) and evaluation (``stereodsc eval --held-out``).
+    """
+    folder = Path(folder)
+    key = next((k for k, source in MIX_SOURCES.items() if source.folder == folder.name), None)
+    if key is None:
+        return None
+    if key == "kitti_drive":
+        left = kitti_raw_sequence(folder).left
+        return {p.stem for p in left[max(0, len(left) - DRIVE_HELD_OUT) :]}
+    return set(MIX_SOURCES[key].held_out)
+
+
 def _named_pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
     """`<name>_L` / `<name>_R` pairs of a folder by name."""
     seq = folder_sequence(folder)
@@ -178,14 +196,13 @@ def native_mix_pairs(root: Path) -> tuple[list[Pair], list[float], list[Pair]]:
         folder = root / source.folder
         if key == "kitti_drive":
             seq = kitti_raw_sequence(folder)
-            n = len(seq.left)
-            pairs = {seq.left[t].stem: (seq.left[t], seq.right[t]) for t in range(n)}
-            held = {seq.left[t].stem for t in range(n - DRIVE_HELD_OUT, n)}
+            pairs = {left.stem: (left, right) for left, right in zip(seq.left, seq.right, strict=True)}
         else:
-            pairs, held = _named_pairs(folder), set(source.held_out)
-            unknown = held - set(pairs)
-            if unknown:
-                raise DataError(f"{folder}: held-out pairs {sorted(unknown)} are missing; the split needs them")
+            pairs = _named_pairs(folder)
+        held = held_out_names(folder) or set()
+        unknown = held - set(pairs)
+        if unknown:
+            raise DataError(f"{folder}: held-out pairs {sorted(unknown)} are missing; the split needs them")
         names = sorted(pairs)
         kept = [name for name in names if name not in held]
         for i, name in enumerate(names):

@@ -213,6 +213,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         frames=args.frames,
         both_directions=args.both_directions,
         side=args.side,
+        held_out=args.held_out,
     )
     print(f"results: {results}  (BD-rate table: {results.parent / 'bd_rate.md'}; plots: rd_psnr.png, rd_ms_ssim.png)")
     return 0
@@ -438,9 +439,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--side",
         choices=("original", "decoded"),
         default="original",
-        help="side image: the original y (as the papers) or y decoded by the bundle's intra codec",
+        help="side image: the original y (as the papers) or y decoded by the bundle's intra codec; decoded also "
+        "prices the rig (both cameras: results.json 'rig', bd_rate.md, rig/ plots)",
     )
     ev.add_argument("--frames", help="START:STOP frame range, Python slice rules (-20: = the last 20)")
+    ev.add_argument(
+        "--held-out",
+        action="store_true",
+        help="only the pairs the native-scale models never trained on: --pairs must be one of the native mix's "
+        "data sets (the drive: its last 20 frames; odometry seq09/seq10; Middlebury Playroom, Vintage; SID "
+        "City_Rain_Day_013); replaces --frames (--max-images still applies)",
+    )
     ev.add_argument("--max-images", type=int, help="evaluate at most N images")
     ev.add_argument("--both-directions", action="store_true", help="also x = left with y = right")
     ev.add_argument(

@@ -245,6 +245,26 @@ class LearnedCoder:
         return encoded, len(data), decoded.image
 
 
+@dataclass(frozen=True)
+class LearnedRun:
+    """What ``code_learned`` measured.
+
+    ``records``: x per (method, quality, image). ``side_records`` (``side="decoded"`` only): y as the
+    intra codec that gave the decoded side images coded it, at every quality of that codec, named
+    like x's records (method, quality, image = the pair's name): the reference camera's bytes and
+    quality, which a rig pays beside x's. ``side_of``: side-information method -> {its quality:
+    (intra method, intra quality)} whose decoded y it was given.
+    """
+
+    records: list[Record]
+    side_records: list[Record]
+    side_of: dict[str, dict[str, tuple[str, str]]]
+
+    def side_used(self) -> dict[str, dict[str, str]]:
+        """``side_of`` as results.json's meta writes it: method -> {quality: "<intra method> <quality>"}."""
+        return {m: {q: f"{ref} {ref_q}" for q, (ref, ref_q) in qs.items()} for m, qs in self.side_of.items()}
+
+
 def code_learned(
     methods: Sequence[LearnedMethod],
     pairs: Sequence[EvalPair],
@@ -252,25 +272,30 @@ def code_learned(
     side: str = "original",
     ms_ssim_win: int = 7,
     progress: bool = True,
-) -> tuple[list[Record], dict[str, dict[str, str]]]:
+) -> LearnedRun:
     """One record per (method, quality, image); side-information codecs get y as ``side`` says.
 
-    Returns the records and, for ``side="decoded"``, which intra quality decoded each
-    side-information quality's y (method -> {quality: "<intra method> <quality>"}).
+    With ``side="decoded"`` y is coded once per (intra quality, image) and measured too
+    (``LearnedRun.side_records``), at every quality of each intra codec that decodes a side image,
+    so the rig (both cameras) can be priced for the side-information codecs and for intra alone.
     """
     from tqdm import tqdm
 
     refs = side_references(methods, side)
     decoded_sides: dict[tuple[str, int, str], np.ndarray] = {}
+    side_records: list[Record] = []
 
     def decoded_side(ref: LearnedMethod, quality: int, pair: EvalPair, seq: int) -> np.ndarray:
-        """y coded and decoded by the intra codec, once per (intra quality, image)."""
+        """y coded and decoded by the intra codec, once per (intra quality, image), and measured."""
         key = (ref.name, quality, pair.name)
         if key not in decoded_sides:
-            decoded_sides[key] = coder.round_trip(ref, quality, pair.side, None, seq)[2]
+            encoded, wire_bytes, decoded = coder.round_trip(ref, quality, pair.side, None, seq)
+            decoded_sides[key] = decoded
+            side_records.append(measure(ref, quality, pair.name, pair.side, encoded, wire_bytes, decoded, ms_ssim_win))
         return decoded_sides[key]
 
-    side_used: dict[str, dict[str, str]] = {}
+    references = {r.name for r in refs.values()}
+    side_of: dict[str, dict[str, tuple[str, str]]] = {}
     records = []
     total = len(pairs) * sum(len(m.codec.qualities) for m in methods)
     with tqdm(total=total, desc="learned codecs", unit="img", disable=not progress) as bar:
@@ -279,27 +304,41 @@ def code_learned(
             for point in method.codec.qualities:
                 ref_q = 0 if ref is None else matching_quality(method.codec, ref.codec, point.index)
                 if ref is not None:
-                    side_used.setdefault(method.name, {})[quality_label(point.index)] = (
-                        f"{ref.name} {quality_label(ref_q)}"
-                    )
+                    side_of.setdefault(method.name, {})[quality_label(point.index)] = (ref.name, quality_label(ref_q))
                 for seq, pair in enumerate(pairs):
                     side_image = None
                     if method.uses_side_info:
                         side_image = pair.side if ref is None else decoded_side(ref, ref_q, pair, seq)
+                    elif method.name in references:
+                        decoded_side(method, point.index, pair, seq)  # y at this quality: the both-intra rig
                     encoded, wire_bytes, decoded = coder.round_trip(method, point.index, pair.x, side_image, seq)
-                    h, w = pair.x.shape[:2]
                     records.append(
-                        Record.measure(
-                            method=method.name,
-                            quality=quality_label(point.index),
-                            image=pair.name,
-                            original=pair.x,
-                            decoded=decoded,
-                            payload_bytes=encoded.payload_bytes,
-                            wire_bytes=wire_bytes,
-                            estimated_bpp=None if encoded.estimated_bits is None else encoded.estimated_bits / (h * w),
-                            ms_ssim_win=ms_ssim_win,
-                        )
+                        measure(method, point.index, pair.name, pair.x, encoded, wire_bytes, decoded, ms_ssim_win)
                     )
                     bar.update(1)
-    return records, side_used
+    return LearnedRun(records, side_records, side_of)
+
+
+def measure(
+    method: LearnedMethod,
+    quality: int,
+    name: str,
+    original: np.ndarray,
+    encoded: Encoded,
+    wire_bytes: int,
+    decoded: np.ndarray,
+    ms_ssim_win: int,
+) -> Record:
+    """The record of one learned round trip: real bytes, the tables' estimate, PSNR and MS-SSIM."""
+    h, w = original.shape[:2]
+    return Record.measure(
+        method=method.name,
+        quality=quality_label(quality),
+        image=name,
+        original=original,
+        decoded=decoded,
+        payload_bytes=encoded.payload_bytes,
+        wire_bytes=wire_bytes,
+        estimated_bpp=None if encoded.estimated_bits is None else encoded.estimated_bits / (h * w),
+        ms_ssim_win=ms_ssim_win,
+    )

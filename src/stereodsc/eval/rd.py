@@ -187,6 +187,11 @@ def bd_rate_table(
     return table
 
 
+def curves_json(records: Iterable[Record]) -> dict[str, list[dict[str, Any]]]:
+    """``aggregate(records)`` as results.json writes it."""
+    return {m: [dataclasses.asdict(p) for p in pts] for m, pts in aggregate(records).items()}
+
+
 def environment_meta() -> dict[str, Any]:
     """Machine and library versions, so that a results file says where its numbers came from."""
     versions: dict[str, str | None] = {}
@@ -237,20 +242,25 @@ def write_results(
     records: Sequence[Record],
     bd_table: Mapping[str, Mapping[str, float | None]],
     meta: Mapping[str, Any] | None = None,
+    sections: Mapping[str, Any] | None = None,
 ) -> Path:
     """Write ``out_dir/results.json``: ``bd_rate``, ``curves``, ``records`` and ``meta``.
 
-    ``meta`` (run settings, dataset, notes) is merged over ``environment_meta()``.
+    ``meta`` (run settings, dataset, notes) is merged over ``environment_meta()``; ``sections`` are
+    further top-level entries (``stereodsc eval``'s ``rig``), absent unless given.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    curves = aggregate(records)
-    document = {
+    document: dict[str, Any] = {
         "bd_rate": dict(bd_table),
-        "curves": {m: [dataclasses.asdict(p) for p in pts] for m, pts in curves.items()},
+        "curves": curves_json(records),
         "records": [dataclasses.asdict(r) for r in records],
         "meta": {**environment_meta(), **(meta or {})},
     }
+    clash = sorted(set(document) & set(sections or {}))
+    if clash:
+        raise ConfigError(f"results.json sections {clash} would overwrite the standard entries: rename them")
+    document.update(sections or {})
     path = out / "results.json"
     path.write_text(json.dumps(_json_safe(document), indent=2, allow_nan=False) + "\n", encoding="utf-8")
     return path

@@ -4,6 +4,10 @@ The sample is a KITTI raw drive in miniature: the same folder layout (image_02/0
 calibration), so the same loader reads the sample and the full drive. Each frame is the paper
 protocol's centre crop (370x740) resized to 192x384: small enough to ship, large enough that the
 paper protocol (resize to 128x256) and the native mode (multiple of 64) both apply.
+
+Beside it, ``kitti_native/`` holds one pair at the camera's own size (375x1242, frame 100: one of the
+drive's last 20 frames, which the native models never train on), as ``<frame>_L.png`` /
+``<frame>_R.png``: what the native models' quality pins and the native demo use.
 """
 
 from __future__ import annotations
@@ -35,7 +39,13 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("src/stereodsc/sample/kitti_sample"))
     ap.add_argument("--first", type=int, default=40)
     ap.add_argument("--count", type=int, default=12)
+    ap.add_argument("--native-frame", type=int, default=100, help="held-out frame copied at full size")
     args = ap.parse_args()
+    native = args.out.parent / "kitti_native"
+    native.mkdir(parents=True, exist_ok=True)
+    for cam, side in (("02", "L"), ("03", "R")):
+        img = cv2.imread(str(args.drive / f"image_{cam}" / "data" / f"{args.native_frame:010d}.png"), cv2.IMREAD_COLOR)
+        cv2.imwrite(str(native / f"{args.native_frame:010d}_{side}.png"), img, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     s = OUT_W / CROP_W
     for cam in ("02", "03"):
         src = args.drive / f"image_{cam}"

@@ -389,7 +389,8 @@ def write_bd_markdown(results: Path) -> Path:
     meta = doc["meta"]
     headline = set(meta.get("headline", []))
     lines = [
-        f"# BD-rate: {meta.get('pairs')} ({meta.get('protocol')} protocol, {meta.get('n_images')} images)",
+        f"# BD-rate: {meta.get('pairs')} ({meta.get('protocol')} protocol, {meta.get('n_images')} images"
+        + (", the native mix's held-out pairs)" if meta.get("held_out") else ")"),
         "",
         f"Bjøntegaard delta rate ({meta.get('bd_method')}), rate = {meta.get('rate')} bpp; negative = fewer bits "
         "than the reference at equal quality. MS-SSIM in dB, -10 log10(1 - MS-SSIM). "

@@ -154,11 +154,21 @@ def test_folder_and_list_and_cityscapes_layouts(tmp_path: Path, sample_drive: Pa
         ({"train": {"lmbda": "high"}}, r"lmbda = 'high' should be a float"),
         ({"train": {"stepz": 3}}, r"unknown key\(s\) \['stepz'\] in \[train\]"),
         ({"trian": {}}, r"unknown section"),
+        ({"train": {"device": "gpu"}}, r"device = 'gpu'; choose one of \['auto', 'cpu', 'cuda'\]"),
     ],
 )
 def test_bad_config_fails_at_once_naming_the_key(patch: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         config_from_dict(patch, "bad.toml")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a CUDA GPU")
+def test_asking_for_a_gpu_without_one_names_the_fix() -> None:
+    from stereodsc.train.distributed import launch, pick_device
+
+    assert pick_device("auto") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="CUDA build of torch"), launch("cuda"):
+        pass
 
 
 def test_load_config_reads_toml(tmp_path: Path) -> None:

@@ -49,7 +49,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     # explicitly because a shell starts background jobs with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, signal.default_int_handler)
-    with launch() as dist:  # under torchrun: this process's rank; otherwise the only process
+    with launch(cfg.train.device) as dist:  # under torchrun: this process's rank; otherwise the only process
         trainer = train(cfg, resume=args.resume, progress=not args.quiet, dist=dist)
     if not dist.is_main:
         return 0

@@ -39,6 +39,9 @@ class DataSection:
     side_codec: list[str] = field(default_factory=list)
 
 
+DEVICES = ("auto", "cpu", "cuda")
+
+
 @dataclass
 class TrainSection:
     lmbda: float = 0.01
@@ -58,6 +61,9 @@ class TrainSection:
     max_val_pairs: int = 40
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # "auto": the first CUDA GPU when torch sees one, else the CPU; "cpu" or "cuda" to insist.
+    # Under torchrun each process takes the GPU of its LOCAL_RANK (or the CPU with "cpu").
+    device: str = "auto"
     out: str = "runs/run"
     # Warm start / fine-tuning: model weights from this checkpoint (e.g. a higher-rate point), a path or
     # the name of a compact checkpoint in weights/ ("balle2018_native_l0.05"); --init-from overrides it.
@@ -174,6 +180,8 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"{src}: [data] crop = {d.crop!r} should be [height, width]")
     if t.distortion not in ("mse", "ms_ssim"):
         raise ConfigError(f"{src}: [train] distortion = {t.distortion!r}; choose 'mse' or 'ms_ssim'")
+    if t.device not in DEVICES:
+        raise ConfigError(f"{src}: [train] device = {t.device!r}; choose one of {list(DEVICES)}")
     for key in ("steps", "batch_size", "validate_every", "checkpoint_every"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"{src}: [train] {key} must be positive")

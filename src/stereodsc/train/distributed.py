@@ -84,12 +84,28 @@ class Distributed:
 SINGLE = Distributed()
 
 
+def pick_device(wanted: str = "auto", local_rank: int = 0) -> torch.device:
+    """The device a process trains on: [train] device ("auto": the GPU of ``local_rank`` when torch
+    sees one, else the CPU)."""
+    if wanted == "cpu" or (wanted == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "[train] device = 'cuda' but torch sees no CUDA GPU (a CPU build of torch, or no driver): "
+            "install a CUDA build of torch (README: GPU machines) or set device = 'auto'"
+        )
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
 @contextlib.contextmanager
-def launch() -> Iterator[Distributed]:
+def launch(wanted: str = "auto") -> Iterator[Distributed]:
     """The process group torchrun's environment describes (WORLD_SIZE, RANK, LOCAL_RANK), for the
-    duration of a run; a single CPU process when they are absent."""
+    duration of a run; a single process when they are absent. Each process trains on
+    ``pick_device(wanted, LOCAL_RANK)``: NCCL joins GPU processes, gloo CPU ones."""
     if "WORLD_SIZE" not in os.environ:
-        yield SINGLE
+        yield Distributed(device=pick_device(wanted))
         return
     try:
         world, rank, local_rank = (int(os.environ[k]) for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"))
@@ -98,13 +114,8 @@ def launch() -> Iterator[Distributed]:
             f"WORLD_SIZE is set but RANK / LOCAL_RANK are missing or not integers ({e}); start data-parallel "
             "training with torchrun --nproc_per_node N (or unset WORLD_SIZE for one process)"
         ) from None
-    if torch.cuda.is_available():
-        device = torch.device("cuda", local_rank)
-        torch.cuda.set_device(device)
-        backend = "nccl"
-    else:
-        device, backend = torch.device("cpu"), "gloo"
-    dist.init_process_group(backend, timeout=TIMEOUT)
+    device = pick_device(wanted, local_rank)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     try:
         yield Distributed(rank, world, local_rank, device)
     finally:

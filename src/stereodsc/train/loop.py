@@ -99,10 +99,10 @@ def pad_to(x: torch.Tensor, multiple: int) -> torch.Tensor:
 @torch.no_grad()
 def decode_image(model: CompressionModel, image: np.ndarray) -> np.ndarray:
     """uint8 HxWx3 -> the same image coded and decoded by an intra model (padded, cropped back)."""
-    x = to_tensor([image])
+    x = to_tensor([image]).to(next(model.parameters()).device)
     h, w = x.shape[-2:]
     x_hat = model(pad_to(x, model.stride))["x_hat"][..., :h, :w]
-    return x_hat.clamp(0, 1).mul(255).round().to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    return x_hat.clamp(0, 1).mul(255).round().to(torch.uint8)[0].permute(1, 2, 0).cpu().numpy()
 
 
 class DecodedSides:
@@ -113,7 +113,7 @@ class DecodedSides:
     would cut it from its decoded frame.
     """
 
-    def __init__(self, checkpoints: list[str], cache: ImageCache) -> None:
+    def __init__(self, checkpoints: list[str], cache: ImageCache, device: torch.device | None = None) -> None:
         from .checkpoint import model_from_checkpoint
 
         self.models: list[CompressionModel] = []
@@ -123,7 +123,7 @@ class DecodedSides:
             if model.uses_side_info:
                 raise ConfigError(f"side_codec {path} is a side-information model; list intra (no-SI) checkpoints")
             model.requires_grad_(False)
-            self.models.append(model)
+            self.models.append(model.to(device or torch.device("cpu")))
         self.cache = cache
         self._decoded: dict[tuple[int, Path], np.ndarray] = {}
 
@@ -194,7 +194,7 @@ class Trainer:
         else:
             train_pairs, val_pairs = build_pairs(self.cfg)
         cache = ImageCache(d.protocol)
-        sides = DecodedSides(d.side_codec, cache) if d.side_codec else None
+        sides = DecodedSides(d.side_codec, cache, self.dist.device) if d.side_codec else None
         crop = (d.crop[0], d.crop[1]) if d.crop else None
         self.train_set = PairDataset(train_pairs, cache, Augment(crop, d.flip, d.swap), weights, sides)
         self.val_set = PairDataset(val_pairs[: t.max_val_pairs], cache, side=sides)

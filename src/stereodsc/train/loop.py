@@ -177,6 +177,8 @@ class Trainer:
             )
         self.model = build_model(self.cfg.model.name, self.cfg.model.preset, **self.cfg.model.options)
         self.model.to(self.dist.device)
+        if self.dist.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed training crops: let cuDNN pick its fastest kernels
         if d.crop is not None and any(c % self.model.stride for c in d.crop):
             raise ConfigError(
                 f"{self.cfg.source}: [data] crop = {d.crop} must be a multiple of "

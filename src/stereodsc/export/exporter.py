@@ -342,6 +342,7 @@ def export_bundle(
     with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.parent) as tmp:
         folder = Path(tmp)
         codecs: dict[str, Any] = {}
+        written: dict[str, str] = {}  # sha256 -> the bundle file holding those bytes
         for role, group in groups.items():
             model = group[0].model
             padded = _padded_sizes(model, sizes)
@@ -358,9 +359,11 @@ def export_bundle(
                     round_weights_to_half(point.model)
                 graphs = _export_graphs(point.model, folder, rel, padded, opset, half=weights == "float16")
                 tables: dict[str, CdfTables] = {}
+                table_files: dict[str, str] = {}
                 for name, entropy_model in point.entropy_models.items():
                     tables[name] = _tables(entropy_model)
-                    (folder / rel / TABLE_FILES[name]).write_bytes(tables[name].to_npz_bytes())
+                    data = tables[name].to_npz_bytes()
+                    table_files[name] = _write_once(folder, f"{rel}/{TABLE_FILES[name]}", data, written)
                 scale_net, scale_paths = None, {}
                 if point.hyperprior is not None:
                     scale_net, scale_paths["y"] = _scale_path(point, samples, sizes, folder, rel)
@@ -400,7 +403,7 @@ def export_bundle(
                         "step": int(point.ckpt["step"]),
                     },
                     "graphs": graphs,
-                    "tables": {name: f"{rel}/{TABLE_FILES[name]}" for name in latent_names(point.model)},
+                    "tables": {name: table_files[name] for name in latent_names(point.model)},
                     "parity": checked,
                 }
                 if scale_paths:
@@ -442,6 +445,17 @@ def export_bundle(
         time.perf_counter() - t0,
         notes,
     )
+
+
+def _write_once(folder: Path, rel: str, data: bytes, written: dict[str, str]) -> str:
+    """Write ``data`` at ``rel`` unless the bundle already holds the same bytes, and return the path
+    that holds them: y's Gaussian tables are the same at every quality and in every codec of a
+    bundle (0.8 MB each at N = 128), so they are stored once."""
+    digest = hashlib.sha256(data).hexdigest()
+    if digest not in written:
+        (folder / rel).write_bytes(data)
+        written[digest] = rel
+    return written[digest]
 
 
 def _tables(entropy_model: EntropyBottleneck | GaussianConditional) -> CdfTables:

@@ -2,7 +2,8 @@
 
 Per shipped bundle, codec and quality: the wire frame of the bundled sample's frame 0 (paper
 protocol, 128x256; the right camera for side-information codecs, decoded with the left camera's
-frame as the default bundle's intra codec decodes it at the same quality: its golden decode), the
+frame as the bundle's own intra codec, or the default bundle's, decodes it at the same quality: its
+golden decode), the
 sha256 of its decoded symbols (exact on every machine: the integer path) and the decoded image as PNG (compared within a
 tolerance: float backends round differently). tests/test_golden_shipped.py checks them.
 """
@@ -35,7 +36,9 @@ def main() -> None:
         for role, codec in bundle.codecs.items():
             for q in codec.qualities:
                 stem = f"{name}_{role}_q{q.index}"
-                side_file = f"default_intra_q{q.index}_decoded.png" if codec.uses_side_info else None
+                # the reference camera runs the bundle's own intra codec, or the default bundle's
+                reference = name if "intra" in bundle.codecs else "default"
+                side_file = f"{reference}_intra_q{q.index}_decoded.png" if codec.uses_side_info else None
                 encoder = EdgeEncoder(bundle, role, q.index)
                 image = right if codec.uses_side_info else left
                 frame = encoder.frame(encoder.encode(image), rig_id=1, camera_id=1, seq=0, t_capture_ns=0)

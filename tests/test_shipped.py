@@ -14,12 +14,13 @@ from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.eval.metrics import psnr
 from stereodsc.eval.preprocess import paper_protocol
 from stereodsc.images import read_rgb
-from stereodsc.sample import drive_path
+from stereodsc.sample import drive_path, native_pair_path
 
-# Model card, measured on the bundled sample's frame 0 in the paper protocol (128x256, the size every
-# shipped codec has graphs for, DSIN's fixed-size ones included): bundle -> codec -> quality ->
-# (payload bpp, PSNR dB). Dependent cameras decode with the reference camera's decoded frame (the
-# default bundle's intra codec at the same quality), as on a rig.
+# Model card: bundle -> codec -> quality -> (payload bpp, PSNR dB), measured on a sample the package
+# ships: the paper protocol (128x256) of the bundled drive's frame 0 for the paper-protocol bundles,
+# the held-out native pair (375x1242) for the native ones (SAMPLE). Dependent cameras decode with the
+# reference camera's decoded frame (the bundle's own intra codec, or the default bundle's, at the
+# same quality), as on a rig.
 CARD = {
     "default": {
         "intra": {0: (0.0291, 19.87), 1: (0.0610, 21.85), 2: (0.1245, 23.28), 3: (0.2668, 25.09)},
@@ -29,18 +30,24 @@ CARD = {
         "side_info": {0: (0.0186, 19.53), 1: (0.0430, 21.49), 2: (0.0896, 22.73), 3: (0.2244, 24.73)},
     },
 }
+SAMPLE = {"default": "paper", "dsin": "paper"}
 SHIPPED = shipped_bundles()
 POINTS = [(name, role, q) for name, codecs in CARD.items() for role, qs in codecs.items() for q in qs]
 
 
 @pytest.fixture(scope="module")
-def pair() -> tuple[np.ndarray, np.ndarray]:
+def pairs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """sample -> (left, right): the reference camera is the left one."""
     left, right = (read_rgb(kitti_frames(drive_path(), camera)[0][0]) for camera in ("left", "right"))
-    return paper_protocol(left), paper_protocol(right)
+    native = sorted(native_pair_path().glob("*_L.png"))[0]
+    return {
+        "paper": (paper_protocol(left), paper_protocol(right)),
+        "native": (read_rgb(native), read_rgb(native.with_name(native.name.replace("_L.", "_R.")))),
+    }
 
 
 def test_the_card_covers_exactly_what_ships() -> None:
-    assert set(SHIPPED) == set(CARD)
+    assert set(SHIPPED) == set(CARD) == set(SAMPLE)
     for name, folder in SHIPPED.items():
         bundle = load_bundle(folder)  # verify=True: every file against its sha256
         assert LICENCE_FILE in bundle.manifest["files"]  # the weights' terms travel with them, hashed
@@ -52,10 +59,11 @@ def test_the_card_covers_exactly_what_ships() -> None:
 
 @pytest.mark.parametrize(("name", "role", "quality"), POINTS)
 def test_shipped_codec_codes_at_its_model_card_quality(
-    name: str, role: str, quality: int, pair: tuple[np.ndarray, np.ndarray]
+    name: str, role: str, quality: int, pairs: dict[str, tuple[np.ndarray, np.ndarray]]
 ) -> None:
-    left, right = pair
-    reference = load_bundle(SHIPPED["default"], verify=False)
+    left, right = pairs[SAMPLE[name]]
+    bundle = load_bundle(SHIPPED[name], verify=False)
+    reference = bundle if "intra" in bundle.codecs else load_bundle(SHIPPED["default"], verify=False)
     intra = EdgeEncoder(reference, "intra", quality)
     ref_enc = intra.encode(left)
     ref = HostDecoder(reference).decode(intra.frame(ref_enc, rig_id=1, camera_id=0, seq=0, t_capture_ns=0))
@@ -63,7 +71,6 @@ def test_shipped_codec_codes_at_its_model_card_quality(
     if role == "intra":
         original, enc, decoded = left, ref_enc, ref.image
     else:
-        bundle = load_bundle(SHIPPED[name], verify=False)
         encoder = EdgeEncoder(bundle, role, quality)
         enc = encoder.encode(right)
         dep = HostDecoder(bundle).decode(encoder.frame(enc, rig_id=1, camera_id=1, seq=0, t_capture_ns=0), ref.image)

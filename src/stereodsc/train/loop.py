@@ -234,9 +234,14 @@ class Trainer:
 
     def compact_state(self) -> dict[str, Any]:
         """What a fresh clone needs to continue: the state without the optimisers' moments (which
-        would triple the size), plus the learning rate the schedule had reached."""
+        would triple the size), its float weights in float16 (half again: the repository keeps one
+        per rate point), plus the learning rate the schedule had reached."""
         state = self.state()
         del state["optimizer"], state["aux_optimizer"]
+        state["model_state"] = {
+            k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()
+            for k, v in state["model_state"].items()
+        }
         return {**state, "lr": self.optimizer.param_groups[0]["lr"]}
 
     def save(self, path: Path | None = None) -> None:

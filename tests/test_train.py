@@ -261,11 +261,14 @@ def test_init_from_on_the_command_line_fine_tunes_a_kept_checkpoint(
     for k, v in base.model.state_dict().items():
         assert torch.equal(v, tuned["model_state"][k]), f"{k} was not loaded"
 
+    # the default bundle's ndic was exported from runs/ checkpoints that the repository does not keep
     assert main(["train", "--config", str(config), "--init-from", "default", "-q"]) == 2
     err = capsys.readouterr().err
-    assert "shipped bundle, which holds ONNX graphs only" in err and re.search(r"weights/ holds .*trained", err)
+    assert "its ndic at lambda 0.0025 was exported from latest.pt, which is not in weights" in err
     assert main(["train", "--config", str(config), "--init-from", "runs/nosuch.pt", "-q"]) == 2
-    assert "neither a checkpoint file nor a name in weights/" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "neither a checkpoint file, a name in weights/ nor a shipped bundle" in err
+    assert re.search(r"weights/ holds .*trained", err)
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     assert "--init-from" in capsys.readouterr().out

@@ -269,7 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train a codec. The config names the model, the data and the rate point; "
         "see configs/*.toml.\nCheckpoints and metrics.jsonl go to [train] out.\n\n"
         "  fine-tune a trained model on your rig's recordings (a config whose [data] names them):\n"
-        "    stereodsc train --config my_rig.toml --init-from balle2018_native_l0.05\n"
+        "    stereodsc train --config my_rig.toml --init-from native\n"
+        "  (a shipped bundle: the weights of its codec of [model] name nearest [train] lmbda, from weights/)\n"
         "  data-parallel on N processes (gloo on CPUs, NCCL with one GPU per process;\n"
         "  [train] batch_size is the global batch, each process takes batch_size / N):\n"
         "    torchrun --standalone --nproc_per_node N -m stereodsc.cli train --config X.toml",
@@ -279,9 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--init-from",
         metavar="CKPT",
-        help="start from these weights (overrides [train] init_from): a checkpoint file or the name of one in "
-        "weights/ (e.g. balle2018_native_l0.05; the shipped bundles hold ONNX graphs only); ignored when "
-        "--resume finds a checkpoint of this run",
+        help="start from these weights (overrides [train] init_from): a checkpoint file, the name of one in "
+        "weights/ (e.g. balle2018_native_l0.05) or a shipped bundle (e.g. native: the weights its codec was "
+        "exported from, found in the repository's weights/); ignored when --resume finds a checkpoint of this run",
     )
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)

@@ -112,27 +112,63 @@ def weights_dirs() -> list[Path]:
     return [here] if here.resolve() == checkout else [here, checkout]
 
 
-def resolve_init_from(value: str, source: str) -> str:
-    """init_from as a checkpoint path: an existing file, or `weights/<value>.pt`."""
+def _find_weights(name: str) -> Path | None:
+    """`<name>.pt` in one of the weights folders, if there is one."""
+    for folder in weights_dirs():
+        candidate = folder / f"{name.removesuffix('.pt')}.pt"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _bundle_weights(bundle: str, model: str, lmbda: float, source: str) -> str:
+    """The torch weights a shipped bundle's codec was exported from: the codec of ``model``, at the
+    quality whose lambda is nearest ``lmbda`` (on a log scale), looked up in weights/ by the
+    checkpoint name the manifest records."""
+    import math
+
+    from stereodsc.bundle import load_bundle
+    from stereodsc.bundles import shipped_bundles
+
+    codecs = load_bundle(shipped_bundles()[bundle], verify=False).manifest["codecs"]
+    matching = [c for c in codecs.values() if c["model"] == model]
+    if not matching:
+        models = sorted({c["model"] for c in codecs.values()})
+        raise ConfigError(
+            f"{source}: init_from = {bundle!r}: that bundle ships {', '.join(models)}, not {model}; set "
+            f"[model] name to one of them or pick another bundle (stereodsc models)"
+        )
+    quality = min(matching[0]["qualities"], key=lambda q: abs(math.log(q["lmbda"] / lmbda)))
+    name = quality["checkpoint"]["file"]
+    found = _find_weights(name)
+    if found is None:
+        raise ConfigError(
+            f"{source}: init_from = {bundle!r}: its {model} at lambda {quality['lmbda']:g} was exported from "
+            f"{name}, which is not in {' or '.join(str(d) for d in weights_dirs())}; the torch weights of the "
+            "shipped models live in the repository's weights/ folder: run from a clone of it"
+        )
+    return str(found)
+
+
+def resolve_init_from(value: str, source: str, model: str = "", lmbda: float = 0.0) -> str:
+    """init_from as a checkpoint path: an existing file, `weights/<value>.pt`, or the name of a shipped
+    bundle (the weights its ``model`` codec nearest ``lmbda`` was exported from)."""
     if Path(value).is_file():
         return value
     from stereodsc.bundles import shipped_bundles
 
+    found = _find_weights(value)
+    if found is not None:
+        return str(found)
+    if value in shipped_bundles() and model:
+        return _bundle_weights(value, model, lmbda, source)
     dirs = weights_dirs()
-    for folder in dirs:
-        candidate = folder / f"{value.removesuffix('.pt')}.pt"
-        if candidate.is_file():
-            return str(candidate)
     names = sorted({p.stem for folder in dirs if folder.is_dir() for p in folder.glob("*.pt")})
     known = f"weights/ holds {', '.join(names)}" if names else "no weights/ folder with checkpoints was found"
-    bundle = (
-        f"{value!r} is a shipped bundle, which holds ONNX graphs only: fine-tune from a torch checkpoint. "
-        if value in shipped_bundles()
-        else ""
-    )
     raise ConfigError(
-        f"{source}: init_from = {value!r} ([train] init_from or --init-from) is neither a checkpoint file nor "
-        f"a name in weights/. {bundle}{known}; pass a checkpoint path (runs/<run>/best.pt) or one of those names"
+        f"{source}: init_from = {value!r} ([train] init_from or --init-from) is neither a checkpoint file, a "
+        f"name in weights/ nor a shipped bundle ({', '.join(shipped_bundles())}). {known}; pass a checkpoint "
+        "path (runs/<run>/best.pt), one of those names or a bundle name"
     )
 
 
@@ -193,4 +229,4 @@ def validate(cfg: TrainConfig) -> None:
     if t.lmbda <= 0:
         raise ConfigError(f"{src}: [train] lmbda must be positive (larger = higher rate and quality)")
     if t.init_from:
-        t.init_from = resolve_init_from(t.init_from, src)
+        t.init_from = resolve_init_from(t.init_from, src, m.name, t.lmbda)

@@ -5,9 +5,9 @@ calibration), so the same loader reads the sample and the full drive. Each frame
 protocol's centre crop (370x740) resized to 192x384: small enough to ship, large enough that the
 paper protocol (resize to 128x256) and the native mode (multiple of 64) both apply.
 
-Beside it, ``kitti_native/`` holds one pair at the camera's own size (375x1242, frame 100: one of the
-drive's last 20 frames, which the native models never train on), as ``<frame>_L.png`` /
-``<frame>_R.png``: what the native models' quality pins and the native demo use.
+Beside it, ``kitti_native/`` holds one frame of the drive at the camera's own size (375x1242, frame
+100: one of the drive's last 20 frames, which the native models never train on), in the same drive
+layout with the original calibration: what the native models' quality pins and the native demo use.
 """
 
 from __future__ import annotations
@@ -41,11 +41,15 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=12)
     ap.add_argument("--native-frame", type=int, default=100, help="held-out frame copied at full size")
     args = ap.parse_args()
-    native = args.out.parent / "kitti_native"
-    native.mkdir(parents=True, exist_ok=True)
-    for cam, side in (("02", "L"), ("03", "R")):
-        img = cv2.imread(str(args.drive / f"image_{cam}" / "data" / f"{args.native_frame:010d}.png"), cv2.IMREAD_COLOR)
-        cv2.imwrite(str(native / f"{args.native_frame:010d}_{side}.png"), img, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    native = args.out.parent / "kitti_native"  # the same drive layout, one frame at full size
+    for cam in ("02", "03"):
+        src, dst = args.drive / f"image_{cam}", native / f"image_{cam}"
+        (dst / "data").mkdir(parents=True, exist_ok=True)
+        stamp = (src / "timestamps.txt").read_text().splitlines()[args.native_frame]
+        (dst / "timestamps.txt").write_text(stamp + "\n")
+        img = cv2.imread(str(src / "data" / f"{args.native_frame:010d}.png"), cv2.IMREAD_COLOR)
+        cv2.imwrite(str(dst / "data" / f"{args.native_frame:010d}.png"), img, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    (native / "calib_cam_to_cam.txt").write_text((args.drive / "calib_cam_to_cam.txt").read_text())
     s = OUT_W / CROP_W
     for cam in ("02", "03"):
         src = args.drive / f"image_{cam}"

@@ -14,7 +14,7 @@ from stereodsc.edge_encoder.sources import kitti_frames
 from stereodsc.eval.metrics import psnr
 from stereodsc.eval.preprocess import paper_protocol
 from stereodsc.images import read_rgb
-from stereodsc.sample import drive_path, native_pair_path
+from stereodsc.sample import drive_path, native_drive_path
 
 # Model card: bundle -> codec -> quality -> (payload bpp, PSNR dB), measured on a sample the package
 # ships: the paper protocol (128x256) of the bundled drive's frame 0 for the paper-protocol bundles,
@@ -39,11 +39,8 @@ POINTS = [(name, role, q) for name, codecs in CARD.items() for role, qs in codec
 def pairs() -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """sample -> (left, right): the reference camera is the left one."""
     left, right = (read_rgb(kitti_frames(drive_path(), camera)[0][0]) for camera in ("left", "right"))
-    native = sorted(native_pair_path().glob("*_L.png"))[0]
-    return {
-        "paper": (paper_protocol(left), paper_protocol(right)),
-        "native": (read_rgb(native), read_rgb(native.with_name(native.name.replace("_L.", "_R.")))),
-    }
+    native = tuple(read_rgb(kitti_frames(native_drive_path(), camera)[0][0]) for camera in ("left", "right"))
+    return {"paper": (paper_protocol(left), paper_protocol(right)), "native": (native[0], native[1])}
 
 
 def test_the_card_covers_exactly_what_ships() -> None:

@@ -8,6 +8,6 @@ def drive_path() -> Path:
     return Path(__file__).resolve().parent / "kitti_sample"
 
 
-def native_pair_path() -> Path:
-    """Folder of one held-out KITTI pair at full size (375x1242): ``<frame>_L.png`` / ``<frame>_R.png``."""
+def native_drive_path() -> Path:
+    """A KITTI raw drive of one held-out frame at full size (375x1242), with its calibration."""
     return Path(__file__).resolve().parent / "kitti_native"

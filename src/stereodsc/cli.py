@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 EPILOG = """\
 examples:
   stereodsc demo                                   host + 2 camera nodes on loopback with the bundled sample
+  stereodsc demo --native                          the same at the camera's resolution (375x1242)
   stereodsc models                                 the trained bundles that ship: codecs, qualities, measured bpp/PSNR
   stereodsc train --config configs/ndic_kitti.toml train NDIC on a KITTI drive (add --resume to continue)
   stereodsc calibrate --left 'cal/left*.jpg' --right 'cal/right*.jpg' --board 9x6 --square 0.025 -o rig.toml
@@ -118,7 +119,7 @@ def cmd_host(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from stereodsc.demo import run_demo
 
-    return run_demo(out=Path(args.out), frames=args.frames, quality=args.quality)
+    return run_demo(out=Path(args.out), frames=args.frames, quality=args.quality, native=args.native)
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -491,7 +492,16 @@ def build_parser() -> argparse.ArgumentParser:
         "saved and latency. Writes decoded frames, a side-by-side image and demo_report.json.",
     )
     d.add_argument("--out", default="runs/demo", help="folder for checkpoints and metrics (default runs/demo)")
-    d.add_argument("--quality", type=int, help="quality index for both cameras (default 1, the second-lowest rate)")
+    d.add_argument(
+        "--quality",
+        type=int,
+        help="quality index for both cameras (default 1, the second-lowest rate; with --native the top one)",
+    )
+    d.add_argument(
+        "--native",
+        action="store_true",
+        help="at the camera's own resolution: the shipped native bundle on a held-out 375x1242 KITTI frame",
+    )
     d.add_argument("--frames", type=int, default=12, help="frames per camera (default 12, the whole sample)")
     d.set_defaults(func=cmd_demo)
     return p

@@ -7,6 +7,9 @@ demo then measures, on the bundled KITTI sample: bytes per frame (payload and wi
 MS-SSIM of the dependent view with side information and, at the same rate, without (the intra
 codec of the same bundle, interpolated over its qualities), the bandwidth saved, and per-stage
 latency. It writes the decoded frames, a side-by-side image and demo_report.json.
+
+``--native`` runs the same system at the camera's own resolution: the shipped "native" bundle on the
+held-out 375x1242 frame the package ships, at its top quality (a picture people look at).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from stereodsc.eval.metrics import ms_ssim, psnr
 from stereodsc.images import read_rgb, write_rgb
 from stereodsc.pipeline import STEREO, PipelineRun, run_pipeline
 from stereodsc.records import decoded_name
-from stereodsc.sample import drive_path
+from stereodsc.sample import drive_path, native_drive_path
 
 TINY_MODELS = ("balle2017", "ndic")
 
@@ -94,10 +97,10 @@ def _interp(x: float, xs: list[float], ys: list[float]) -> float | None:
     return float(np.interp(x, np.asarray(xs)[order], np.asarray(ys)[order]))
 
 
-def pipeline_report(run: PipelineRun, bundle: Bundle) -> dict[str, Any]:
-    """Per-frame and summary figures of a stereo pipeline run on the bundled sample."""
-    left_files, _ = kitti_frames(drive_path(), "left")
-    right_files, _ = kitti_frames(drive_path(), "right")
+def pipeline_report(run: PipelineRun, bundle: Bundle, drive: Path) -> dict[str, Any]:
+    """Per-frame and summary figures of a stereo pipeline run on the frames of ``drive``."""
+    left_files, _ = kitti_frames(drive, "left")
+    right_files, _ = kitti_frames(drive, "right")
     originals = {0: left_files, 1: right_files}
     edge = {cam: {r["seq"]: r for r in recs} for cam, recs in run.edge_frames.items()}
     frames = []
@@ -147,9 +150,9 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float:
     return float(np.mean([r[key] for r in rows])) if rows else math.nan
 
 
-def side_by_side(run: PipelineRun, seq: int, out: Path) -> Path:
+def side_by_side(run: PipelineRun, drive: Path, seq: int, out: Path) -> Path:
     """original right | decoded right (side info) | decoded left (the side information)."""
-    right_files, _ = kitti_frames(drive_path(), "right")
+    right_files, _ = kitti_frames(drive, "right")
     tiles = [
         read_rgb(right_files[seq]),
         read_rgb(run.decoded_dir / f"{decoded_name(1, 1, seq)}.png"),
@@ -214,26 +217,32 @@ def print_report(report: dict[str, Any], trained_here: bool) -> None:
         )
 
 
-def run_demo(out: Path, frames: int = 12, quality: int | None = None) -> int:
-    from stereodsc.bundles import default_bundle
+def run_demo(out: Path, frames: int = 12, quality: int | None = None, native: bool = False) -> int:
+    from stereodsc.bundles import default_bundle, resolve_bundle
     from stereodsc.errors import ConfigError
 
     out.mkdir(parents=True, exist_ok=True)
+    drive, source = (native_drive_path(), "kitti") if native else (drive_path(), "sample")
+    frames = min(frames, len(kitti_frames(drive, "left")[0]))
     try:
-        bundle_path, trained_here = default_bundle(), False
+        bundle_path, trained_here = (resolve_bundle("native") if native else default_bundle()), False
     except ConfigError:
+        if native:
+            raise
         print("no bundle ships with this install: training two tiny codecs on the bundled sample first")
         bundle_path, trained_here = train_tiny_bundle(out), True
     bundle = load_bundle(bundle_path)
     if quality is None:
-        # The second-lowest rate point: side information pays most at low rates (the papers' finding,
-        # and here: README, "Demo"), and the intra curve still brackets the dependent camera's rate.
-        quality = min(1, len(bundle.codec("side_info").qualities) - 1)
+        # Native: the top quality, a picture people look at. Paper-size sample: the second-lowest rate
+        # point, where side information pays most (the papers' finding, and here: README, "Demo"), and
+        # the intra curve still brackets the dependent camera's rate.
+        top = len(bundle.codec("side_info").qualities) - 1
+        quality = top if native else min(1, top)
+    size = "375x1242 held-out KITTI frame" if native else "bundled KITTI sample"
     print(
         f"stereodsc demo: host + 2 camera nodes on loopback, bundle {bundle.id[:16]} "
         f"({bundle.codec('intra').model} for the reference camera, {bundle.codec('side_info').model} with side "
-        f"information for the dependent camera), quality {quality}, {frames} frames of the bundled KITTI "
-        "sample at 10 fps"
+        f"information for the dependent camera), quality {quality}, {frames} frame(s) of the {size} at 10 fps"
     )
     # Every frame of the sample should reach the screen, also on a busy machine where the camera
     # processes start seconds apart and the host decodes slower than 10 fps: pairs wait up to 15 s
@@ -245,14 +254,16 @@ def run_demo(out: Path, frames: int = 12, quality: int | None = None) -> int:
         frames=frames,
         fps=10.0,
         quality=quality,
+        source=source,
+        path=str(drive) if native else "",
         host_extra={"pairing": {"deadline_ms": 15000.0, "max_pending": max(64, 2 * frames)}},
         edge_extra={cam.camera_id: window for cam in STEREO},
     )
-    report = pipeline_report(run, bundle)
+    report = pipeline_report(run, bundle, drive)
     (out / "demo_report.json").write_text(json.dumps(report, indent=2))
     print_report(report, trained_here)
     paired = [f["seq"] for f in report["frames"] if f["role"] == "dependent" and f["side_info"]]
-    image = side_by_side(run, min(paired), out / "side_by_side.png") if paired else None
+    image = side_by_side(run, drive, min(paired), out / "side_by_side.png") if paired else None
     print(
         f"\ndecoded frames: {run.decoded_dir}/  side-by-side (original | decoded with side info | side info): "
         f"{image or 'none (no dependent frame was paired)'}  report: {out / 'demo_report.json'}"

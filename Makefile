@@ -88,12 +88,16 @@ $(foreach p,$(join $(native_lower),$(addprefix :,$(native_higher))),$(eval \
 $(foreach m,dsin ndic,$(foreach l,$(NATIVE_LAMBDAS),$(eval runs/$(m)_native_l$(l)/finished: runs/balle2018_native_l$(l)/finished)))
 runs/ndic_cam_native_l0.012/finished: runs/ndic_native_l0.012/finished
 
-# Export the trained runs as the bundles that ship in the package (float16 kernels, parity-checked;
-# DSIN's host graph is per size: 128x256 only, to stay within the 30 MB the package ships).
+# Export the trained runs as the bundles that ship in the package (float16 kernels, parity-checked):
+# default = the paper-protocol models (128x256 crops of one drive); native = the native-resolution intra
+# codec and DSIN (band SI-Finder, one graph for every size) from the compact checkpoints in weights/.
+# After a bundle changes: scripts/make_golden_shipped.py, and the model card in tests/test_shipped.py.
 ckpts = $(foreach l,$(LAMBDAS),runs/$(1)_$(l)/latest.pt)
+SHIPPED_NATIVE = 0.05 0.012 0.002 0.0003
+native_ckpts = $(foreach l,$(SHIPPED_NATIVE),weights/$(1)_native_l$(l).pt)
 bundles: $(WEIGHTS)
 	$(BIN)/stereodsc export $(call ckpts,balle2017) $(call ckpts,ndic) --out src/stereodsc/bundles/default --overwrite --licence LICENSES/KITTI-DERIVED-NOTICE.txt
-	$(BIN)/stereodsc export $(call ckpts,dsin) --out src/stereodsc/bundles/dsin --size 128x256 --overwrite --licence LICENSES/KITTI-DERIVED-NOTICE.txt
+	$(BIN)/stereodsc export $(call native_ckpts,balle2018) $(call native_ckpts,dsin) --out src/stereodsc/bundles/native --size 375x1242 --size 128x256 --overwrite --licence LICENSES/NATIVE-MIX-DERIVED-NOTICE.txt
 
 clean:
 	rm -rf $(VENV) build *.egg-info

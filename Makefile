@@ -93,11 +93,17 @@ runs/ndic_cam_native_l0.012/finished: runs/ndic_native_l0.012/finished
 # codec and DSIN (band SI-Finder, one graph for every size) from the compact checkpoints in weights/.
 # After a bundle changes: scripts/make_golden_shipped.py, and the model card in tests/test_shipped.py.
 ckpts = $(foreach l,$(LAMBDAS),runs/$(1)_$(l)/latest.pt)
-SHIPPED_NATIVE = 0.05 0.012 0.002 0.0003
-native_ckpts = $(foreach l,$(SHIPPED_NATIVE),weights/$(1)_native_l$(l).pt)
-bundles: $(WEIGHTS)
+# DSIN's top point (0.05) is not shipped yet: warm-started from the intra codec it started ~8 dB below it
+# (README, "Native-resolution models") and had not caught up when the session ended.
+SHIPPED_NATIVE_INTRA = 0.05 0.012 0.002 0.0003
+SHIPPED_NATIVE_DSIN = 0.012 0.002 0.0003
+native_ckpts = $(foreach l,$(2),weights/$(1)_native_l$(l).pt)
+.PHONY: default-bundle native-bundle
+bundles: default-bundle native-bundle
+default-bundle: $(WEIGHTS)
 	$(BIN)/stereodsc export $(call ckpts,balle2017) $(call ckpts,ndic) --out src/stereodsc/bundles/default --overwrite --licence LICENSES/KITTI-DERIVED-NOTICE.txt
-	$(BIN)/stereodsc export $(call native_ckpts,balle2018) $(call native_ckpts,dsin) --out src/stereodsc/bundles/native --size 375x1242 --size 128x256 --overwrite --licence LICENSES/NATIVE-MIX-DERIVED-NOTICE.txt
+native-bundle: | $(BIN)/stereodsc  # from the committed weights/: no training first
+	$(BIN)/stereodsc export $(call native_ckpts,balle2018,$(SHIPPED_NATIVE_INTRA)) $(call native_ckpts,dsin,$(SHIPPED_NATIVE_DSIN)) --out src/stereodsc/bundles/native --size 375x1242 --size 128x256 --overwrite --licence LICENSES/NATIVE-MIX-DERIVED-NOTICE.txt
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -91,6 +91,25 @@ def test_the_demo_shows_every_frame_of_both_cameras(tmp_path: Path, capsys: pyte
     assert (tmp_path / "side_by_side.png").is_file()
 
 
+@pytest.mark.slow
+def test_the_native_demo_decodes_the_camera_resolution_with_side_information(tmp_path: Path) -> None:
+    """`stereodsc demo --native`: the native bundle at its top quality on the held-out 375x1242 frame,
+    through host and camera processes; the dependent view uses side information and pays for it: it
+    is better than the same view coded by the intra codec at the same rate."""
+    import json
+
+    from stereodsc.demo import run_demo
+    from stereodsc.images import read_rgb
+
+    assert run_demo(tmp_path, native=True) == 0
+    report = json.loads((tmp_path / "demo_report.json").read_text())
+    summary = report["summary"]
+    assert summary["frames_decoded"] == 2 and summary["dependent_with_side_info"] == 1
+    assert summary["no_side_info_psnr_at_same_rate"] is not None
+    assert summary["dependent"]["psnr"] > summary["no_side_info_psnr_at_same_rate"]
+    assert read_rgb(tmp_path / "side_by_side.png").shape == (375, 3 * 1242 + 8, 3)
+
+
 def test_a_camera_that_delivered_nothing_exits_1(tmp_path: Path) -> None:
     """No host at the endpoint: the camera runs, counts its frames dropped, and says with its exit
     status (1, not 0 and not 2) that nothing was delivered, so a supervisor can tell."""

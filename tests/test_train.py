@@ -240,6 +240,22 @@ def test_related_model_warm_starts_its_shared_weights(tmp_path: Path) -> None:
         trainer.warm_start(str(tmp_path / "foreign.pt"))
 
 
+@pytest.mark.parametrize(
+    ("model", "lmbda", "expected"),
+    [("dsin", 0.01, "dsin_native_l0.012.pt"), ("balle2018", 0.1, "balle2018_native_l0.05.pt")],
+)
+def test_init_from_a_shipped_bundle_starts_from_the_weights_it_was_exported_from(
+    model: str, lmbda: float, expected: str
+) -> None:
+    """A rig's fine-tune names the bundle it runs: the codec of its [model] at the nearest rate."""
+    cfg = config_from_dict(
+        {"model": {"name": model, "preset": "native"}, "train": {"lmbda": lmbda, "init_from": "native"}}
+    )
+    assert Path(cfg.train.init_from).name == expected and Path(cfg.train.init_from).is_file()
+    with pytest.raises(ConfigError, match="that bundle ships balle2018, dsin, not ndic"):
+        config_from_dict({"model": {"name": "ndic"}, "train": {"init_from": "native"}})
+
+
 def test_init_from_on_the_command_line_fine_tunes_a_kept_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -2,12 +2,12 @@
 
 `default/` holds the codecs a fresh install uses when a config names no bundle: the reference
 camera's intra codec (balle2017) and the dependent cameras' side-information codec (ndic), at four
-qualities each. `dsin/` holds DSIN's side-information codec only (its reference camera uses the
-default bundle's intra codec), for the comparison of the papers' methods; its host graph is
-fixed-size (the SI-Finder), exported for 128x256 only (the paper protocol; another size means
-another export from the training runs, see README).
+qualities each, trained in the papers' setting (128x256 crops of one drive). `native/` holds the
+native-resolution models (README, "Native-resolution models"): the camera's minimal-encoder intra
+codec (balle2018, preset native) and DSIN with the epipolar-band SI-Finder, at four qualities each,
+trained on native-scale crops of four data sets; every graph runs at any size.
 
-A config's ``bundle`` may name a shipped bundle ("default", "dsin") instead of a folder.
+A config's ``bundle`` may name a shipped bundle ("default", "native") instead of a folder.
 """
 
 import functools

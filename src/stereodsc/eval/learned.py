@@ -169,7 +169,7 @@ def open_methods(
 
 def intra_partners(methods: Sequence[LearnedMethod]) -> dict[str, list[LearnedMethod]]:
     """Side-information method name -> the no-side-information methods of its source group; a source
-    without one (a side-information-only bundle such as the shipped "dsin") gets the single intra
+    without one (a side-information-only bundle) gets the single intra
     codec among all the methods, if there is exactly one (else none: ambiguous)."""
     intra = [i for i in methods if not i.uses_side_info]
     only = intra if len(intra) == 1 else []

@@ -17,7 +17,7 @@ from stereodsc.tomlio import load_toml, sections
 class HostSection:
     endpoint: str = "tcp://*:5555"
     bundle: str = ""  # bundle folder, or a shipped bundle's name (stereodsc models); empty: "default"
-    extra_bundles: list[str] = field(default_factory=list)  # more bundles the cameras may use, e.g. ["dsin"]
+    extra_bundles: list[str] = field(default_factory=list)  # more bundles the cameras may use, e.g. ["native"]
     backend: str = "cpu"  # cpu | cuda | tensorrt-ep | tensorrt
     engine_cache: str = ""  # TensorRT engines (empty: $CACHE_DIRECTORY under systemd, else ~/.cache/stereodsc)
     fallback: str = ""  # "cpu": run on the CPU when the GPU backend cannot (logged, in the stats); empty: refuse

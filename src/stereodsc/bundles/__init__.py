@@ -54,14 +54,14 @@ def folder_bytes(folder: Path) -> int:
 
 def describe(folder: Path, verify: bool = False) -> str:
     """A few lines on a bundle: id, size, and per codec its model and qualities with their lambda and
-    the validation bpp (estimated) / PSNR / MS-SSIM recorded at training (128x256, held-out frames,
-    the float32 checkpoint; the README's model card has the exported codecs' measured bytes)."""
+    the validation bpp (estimated) / PSNR / MS-SSIM its training run recorded (on that run's held-out
+    pairs, the float32 checkpoint; the README's model card has the exported codecs' measured bytes)."""
     from stereodsc.bundle import load_bundle
 
     bundle = load_bundle(folder, verify=verify)
     lines = [
         f"{folder.name}: bundle {bundle.id[:16]}, {folder_bytes(folder) / 1e6:.1f} MB, {folder}",
-        "  (per quality: validation at training, 128x256 held-out KITTI frames)",
+        "  (per quality: the validation its training run recorded on its held-out pairs; README has measured bytes)",
     ]
     for role, codec in bundle.codecs.items():
         raw = bundle.manifest["codecs"][role]

@@ -43,17 +43,6 @@ def paper_run(stereo: Path, sample_drive: Path, tmp_path_factory: pytest.TempPat
     return path, json.loads(path.read_text())
 
 
-@pytest.fixture(scope="module")
-def pair_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two <name>_L / <name>_R pairs of 100x200: not a multiple of the stride (16)."""
-    folder = tmp_path_factory.mktemp("pairs")
-    for seed, name in enumerate(("a", "b")):
-        x, y = sample_pair(100, 200, seed)
-        write_rgb(folder / f"{name}_R.png", x)
-        write_rgb(folder / f"{name}_L.png", y)
-    return folder
-
-
 def test_results_json_records_real_bytes(paper_run: tuple[Path, dict]):
     path, doc = paper_run
     assert path.name == "results.json"

@@ -21,7 +21,7 @@ from stereodsc.eval.rd import Record
 from stereodsc.eval.run import RigSpec, load_pairs, rig_bd_table, rig_record, rig_records, run_eval
 from stereodsc.images import write_rgb
 from stereodsc.train.datasets import KITTI_DRIVE, MIX_SOURCES, held_out_names, native_mix_pairs
-from tiny_models import bundle_dir, sample_pair
+from tiny_models import bundle_dir
 
 DRIVE_FRAMES = 25
 OTHER_PAIRS = {
@@ -136,17 +136,6 @@ def test_rig_bd_table_compares_side_information_rigs_with_both_intra_and_both_an
     assert set(table) == {"si+intra vs intra+intra", "si+intra vs hevc+hevc", "intra+intra vs hevc+hevc"}
     for key, expected in (("si+intra vs intra+intra", -50.0), ("si+intra vs hevc+hevc", -75.0)):
         assert table[key]["psnr"] == pytest.approx(expected) and table[key]["ms_ssim"] == pytest.approx(expected)
-
-
-@pytest.fixture(scope="module")
-def pair_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Two 100x200 pairs (MS-SSIM needs 97 px a side at window 7)."""
-    folder = tmp_path_factory.mktemp("rig_pairs")
-    for seed, name in enumerate(("a", "b")):
-        x, y = sample_pair(100, 200, seed)
-        write_rgb(folder / f"{name}_R.png", x)
-        write_rgb(folder / f"{name}_L.png", y)
-    return folder
 
 
 def test_rig_section_prices_both_cameras(

@@ -103,6 +103,27 @@ def test_band_dsin_needs_its_band_and_runs_at_any_size() -> None:
 # --- NDIC-CAM: row attention ----------------------------------------------------------------------
 
 
+def test_residual_si_net_starts_at_the_intra_reconstruction_and_learns_a_correction() -> None:
+    """A DSIN warm-started from an intra codec must not start below it: with si_residual its x_hat
+    is x_dec exactly at init, where the reference's identity SI-Net halves negative values."""
+    torch.manual_seed(0)
+    x, side = textured(64, 128), textured(64, 128, seed=1)
+    residual = build_model("dsin", **TINY, **BAND_DSIN, reencode_side=False, si_residual=True).eval()
+    out = residual(x, side)
+    torch.testing.assert_close(out["x_hat"], out["x_dec"], rtol=0, atol=0)
+    reference = build_model("dsin", **TINY, **BAND_DSIN, reencode_side=False).eval()
+    reference.load_state_dict(residual.state_dict())
+    assert not torch.allclose(reference(x, side)["x_hat"], out["x_dec"], atol=1e-3)
+    # one step on the SI-Net moves x_hat towards x: the correction is trainable from zero
+    optimizer = torch.optim.SGD(residual.si_net.parameters(), lr=1e-3)
+    before = F.mse_loss(residual(x, side)["x_hat"], x)
+    for _ in range(3):
+        optimizer.zero_grad()
+        F.mse_loss(residual(x, side)["x_hat"], x).backward()
+        optimizer.step()
+    assert F.mse_loss(residual(x, side)["x_hat"], x) < before
+
+
 def test_row_attention_sees_only_its_band() -> None:
     torch.manual_seed(0)
     cam = BandAttention(channels=4, block=4, rows=1, dim=8, heads=2, dim_head=4, dropout=0.0).eval()

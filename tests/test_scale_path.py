@@ -40,6 +40,7 @@ from stereodsc.entropy.scale_path import (
     Z_MAX_ABS,
     ScalePathFormatError,
     _exact_matmul,
+    _fits_float64,
     _GemmWeight,
 )
 from stereodsc.export.scale_path_export import float_indexes, scale_path_from_torch, scale_path_parity
@@ -474,6 +475,34 @@ def test_exact_matmul_needs_its_limbs() -> None:
     assert (w.astype(np.float64) @ a.astype(np.float64)).astype(np.int64)[0, 0] != (w @ a)[0, 0]
     gemm = _GemmWeight(w.astype(np.float64), int(w.sum()))
     assert _exact_matmul(gemm, a)[0, 0] == (w @ a)[0, 0] == 301 * WEIGHT_MAX * ACT_MAX
+
+
+@pytest.mark.parametrize("over", [0, 1])
+def test_float64_path_is_exact_up_to_its_bound_and_steps_aside_beyond(over: int) -> None:
+    """The last layer's interior sums are 2**53 + over exactly: float64 holds 2**53 (over=0, the
+    float path) but not 2**53 + 1 (over=1: the int64 path must take it), and a threshold at 2**53
+    tells the two apart. Layers 1-2 saturate, so layer 3 sees ACT_MAX everywhere."""
+    rng = np.random.default_rng(11)
+    n, m = 4, 6
+    w3 = np.full((m, n, 3, 3), WEIGHT_MAX, dtype=np.int16)  # every tap adds: the sum reaches the bound
+    l1 = 9 * n * WEIGHT_MAX
+    top = 1 << 53
+    near_top = np.tile(np.array([top - 1, top, top + 1]), (m, 1))
+    thresholds = np.sort(np.concatenate([rng.integers(0, top, (m, 60)), near_top], axis=1), axis=1)
+    saturate = np.full(n, 1 << 55, dtype=np.int64), np.zeros(n, dtype=np.int32)
+    net = IntegerScaleNet(
+        rng.integers(-300, 301, (n, n, 5, 5)).astype(np.int16),
+        *saturate,
+        rng.integers(-300, 301, (n, n, 5, 5)).astype(np.int16),
+        *saturate,
+        w3,
+        np.full(m, top - ACT_MAX * l1 + over, dtype=np.int64),
+        thresholds.astype(np.int64),
+    )
+    assert _fits_float64(net._layers[2], ACT_MAX) is (over == 0)
+    z = rng.integers(-20, 21, (n, 2, 3)).astype(np.int32)
+    assert_matches_reference(net, z)
+    assert (net.indexes(z)[:, 1:-1, 1:-1] == 61 + over).all()  # interior: 2**53 + over vs the thresholds
 
 
 # --- export options ------------------------------------------------------------------------------

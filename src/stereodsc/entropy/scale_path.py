@@ -29,6 +29,10 @@ saturated activation): every partial sum then stays below 2**62 and adding the r
 (<= 2**61) stays below 2**63, for every int32 input. The products go through float64 GEMM
 (BLAS, ~10x faster than numpy's int64 matmul) with every intermediate an integer below 2**53
 (splitting the activations into 16-bit limbs when needed), which is exact too: `_exact_matmul`.
+A whole layer (GEMM, tap scatter-add, bias, rounding shift, threshold comparison) stays in
+float64 when its input's actual peak bounds every sum below 2**53 (`_fits_float64`): trained nets
+on real z always do, which halves the scale path's time on a camera board (no int64 round trips).
+A layer that could leave that range runs in int64 instead, with the same result.
 
 What it costs: the integer scale differs from the float one by quantisation error (16-bit
 weights per output channel; activations kept with 17-24 fractional bits on a trained model), so
@@ -61,6 +65,7 @@ ACC_LIMIT = 1 << 62  # |partial sums| < 2**62, so + rounding half (<= 2**61) < 2
 MAX_SHIFT = 62
 MAX_FILE_BYTES = 64 * 1024 * 1024
 _LIMB = 16
+_FLOAT_EXACT = 1 << 53  # float64 holds every integer of magnitude <= 2**53
 
 # (name, dtype) of every array of the file, in the order of the dataclass fields.
 _FIELDS = (
@@ -131,19 +136,30 @@ class IntegerScaleNet:
         return h.hexdigest()
 
     @cached_property
-    def _gemm_weights(self) -> tuple[_GemmWeight, _GemmWeight, _GemmWeight]:
-        """Per layer: float64 [taps * out, in], row (tap, o) = W[o, :, tap] (exact: |w| < 2**15)."""
-        mats = (
-            self.w1.transpose(2, 3, 1, 0).reshape(-1, self.w1.shape[0]),
-            self.w2.transpose(2, 3, 1, 0).reshape(-1, self.w2.shape[0]),
-            self.w3.transpose(2, 3, 0, 1).reshape(-1, self.w3.shape[1]),
+    def _layers(self) -> tuple[_Layer, _Layer, _Layer]:
+        """Per layer: float64 [taps * out, in], row (tap, o) = W[o, :, tap] (exact: |w| < 2**15),
+        with the bounds that decide between the float64 and the int64 path."""
+        specs = (
+            (self.w1.transpose(2, 3, 1, 0), self.b1, self.shift1, 2, (-2, -1, 0, 1, 2)),
+            (self.w2.transpose(2, 3, 1, 0), self.b2, self.shift2, 2, (-2, -1, 0, 1, 2)),
+            (self.w3.transpose(2, 3, 0, 1), self.b3, None, 1, (1, 0, -1)),
         )
         out = []
-        for m in mats:
-            matrix = np.ascontiguousarray(m, dtype=np.float64)
+        for taps_out_in, bias, shift, stride, offsets in specs:  # [kh, kw, out, in]
+            w = taps_out_in.astype(np.int64)
+            matrix = np.ascontiguousarray(taps_out_in.reshape(-1, w.shape[3]), dtype=np.float64)
             matrix.setflags(write=False)
-            out.append(_GemmWeight(matrix, int(np.abs(m.astype(np.int64)).sum(axis=1).max())))
+            gemm = _GemmWeight(matrix, int(np.abs(w).reshape(-1, w.shape[3]).sum(axis=1).max()))
+            kernel_l1 = int(np.abs(w).sum(axis=(0, 1, 3)).max())  # every tap of one output pixel
+            half = 0 if shift is None else int(1 << int(shift.max())) >> 1
+            out.append(_Layer(gemm, bias, shift, stride, offsets, kernel_l1, int(np.abs(bias).max()) + half))
         return out[0], out[1], out[2]
+
+    @cached_property
+    def _float_thresholds(self) -> np.ndarray:
+        """The thresholds as float64, clamped to +-2**53: a float64 accumulator below 2**53 in
+        magnitude compares with them exactly as its integer does with the int64 thresholds."""
+        return np.clip(self.thresholds, -_FLOAT_EXACT, _FLOAT_EXACT).astype(np.float64)
 
     def indexes(self, z: np.ndarray) -> np.ndarray:
         """Scale-table row (int32 [M, 4h, 4w]) of every y element, from the integer z [N, h, w].
@@ -157,15 +173,15 @@ class IntegerScaleNet:
             raise ValueError(f"z must have shape [{self.latent_channels}, h, w], got {z.shape}")
         if z.size and (int(z.min()) < -Z_MAX_ABS or int(z.max()) > Z_MAX_ABS - 1):
             raise ValueError("z holds values outside int32")
-        w1, w2, w3 = self._gemm_weights
-        acc = _layer(z.astype(np.int64), w1, self.b1, stride=2, offsets=(-2, -1, 0, 1, 2))
-        a = _requantise(acc, self.shift1)
-        acc = _layer(a, w2, self.b2, stride=2, offsets=(-2, -1, 0, 1, 2))
-        a = _requantise(acc, self.shift2)
-        acc = _layer(a, w3, self.b3, stride=1, offsets=(1, 0, -1))
-        out = np.empty(acc.shape, dtype=np.int32)
+        a: np.ndarray = z
+        for layer in self._layers:
+            peak = max(-int(a.min()), int(a.max())) if a.size else 0  # np.abs wraps int32's -2**31
+            a = a.astype(np.float64 if _fits_float64(layer, peak) else np.int64, copy=False)
+            a = _layer(a, layer)
+        thresholds = self._float_thresholds if a.dtype == np.float64 else self.thresholds
+        out = np.empty(a.shape, dtype=np.int32)
         for c in range(self.channels):  # side="left": number of thresholds strictly below acc
-            out[c] = np.searchsorted(self.thresholds[c], acc[c], side="left")
+            out[c] = np.searchsorted(thresholds[c], a[c], side="left")
         return out
 
     def to_npz_bytes(self) -> bytes:
@@ -227,6 +243,26 @@ class _GemmWeight(NamedTuple):
     row_l1: int  # max_p sum_k |matrix[p, k]|
 
 
+class _Layer(NamedTuple):
+    """One layer of the net: its GEMM weights, bias, rounding shift (None: the last layer) and geometry."""
+
+    gemm: _GemmWeight
+    bias: np.ndarray  # int64 [out]
+    shift: np.ndarray | None  # int32 [out]: requantise after the layer; None: compare with thresholds
+    stride: int
+    offsets: tuple[int, ...]
+    kernel_l1: int  # max_o sum over every tap and input channel of |W|
+    addend: int  # max |bias| + the largest rounding half: what is added on top of the products
+
+
+def _fits_float64(layer: _Layer, peak: int) -> bool:
+    """Whether every sum of the layer stays an integer of magnitude <= 2**53 for inputs with
+    max|a| = `peak`: each partial sum of the GEMM, of the tap scatter, + bias, + rounding half is
+    bounded by ``peak * kernel_l1 + addend``. Then float64 computes every one of them exactly, in
+    any order (Python ints here: no overflow)."""
+    return peak * layer.kernel_l1 + layer.addend <= _FLOAT_EXACT
+
+
 def _exact_matmul(w: _GemmWeight, a: np.ndarray) -> np.ndarray:
     """Exact int64 ``w @ a`` through float64 GEMM (BLAS), for int64 a [K, n] within int32.
 
@@ -247,31 +283,40 @@ def _exact_matmul(w: _GemmWeight, a: np.ndarray) -> np.ndarray:
     return out
 
 
-def _layer(a: np.ndarray, w: _GemmWeight, b: np.ndarray, stride: int, offsets: tuple[int, ...]) -> np.ndarray:
-    """One (transposed) convolution as a scatter-add of per-tap products, in int64.
+def _layer(a: np.ndarray, layer: _Layer) -> np.ndarray:
+    """One (transposed) convolution as a scatter-add of per-tap products, + bias, then (but for the
+    last layer) the requantisation; in the dtype of `a`: int64, or float64 where `_fits_float64`.
 
     Input pixel (y, x) seen through kernel tap (i, j) lands on output pixel
     ``(stride * y + offsets[i], stride * x + offsets[j])``; pixels outside the output are dropped.
     Transposed conv 5x5/2, padding 2: offset k - 2. Conv 3x3/1, padding 1: offset 1 - k.
     """
     c_in, h, wd = a.shape
+    stride, offsets = layer.stride, layer.offsets
     k = len(offsets)
-    c_out = b.shape[0]
-    taps = _exact_matmul(w, a.reshape(c_in, h * wd)).reshape(k, k, c_out, h, wd)
+    c_out = layer.bias.shape[0]
+    flat = a.reshape(c_in, h * wd)
+    products = layer.gemm.matrix @ flat if a.dtype == np.float64 else _exact_matmul(layer.gemm, flat)
+    taps = products.reshape(k, k, c_out, h, wd)
     pad = max(abs(o) for o in offsets)
-    buf = np.zeros((c_out, stride * h + 2 * pad, stride * wd + 2 * pad), dtype=np.int64)
+    buf = np.zeros((c_out, stride * h + 2 * pad, stride * wd + 2 * pad), dtype=a.dtype)
     for i, oy in enumerate(offsets):
         rows = slice(pad + oy, pad + oy + stride * h, stride)
         for j, ox in enumerate(offsets):
             buf[:, rows, pad + ox : pad + ox + stride * wd : stride] += taps[i, j]
-    return buf[:, pad : pad + stride * h, pad : pad + stride * wd] + b[:, None, None]
+    acc = buf[:, pad : pad + stride * h, pad : pad + stride * wd] + layer.bias.astype(a.dtype)[:, None, None]
+    return acc if layer.shift is None else _requantise(acc, layer.shift)
 
 
 def _requantise(acc: np.ndarray, shift: np.ndarray) -> np.ndarray:
-    """ReLU, then round-half-up right shift per channel, then saturation to int32."""
-    s = shift.astype(np.int64)[:, None, None]
-    half = (np.int64(1) << s) >> 1
-    return np.minimum((np.maximum(acc, 0) + half) >> s, ACT_MAX)
+    """ReLU, then round-half-up right shift per channel, then saturation to int32. In float64 (on
+    integers below 2**53) the shift is a floor of an exact division by a power of two."""
+    if acc.dtype == np.float64:
+        s = shift.astype(np.float64)[:, None, None]
+        return np.minimum(np.floor((np.maximum(acc, 0) + np.floor(np.exp2(s - 1))) * np.exp2(-s)), ACT_MAX)
+    s64 = shift.astype(np.int64)[:, None, None]
+    half = (np.int64(1) << s64) >> 1
+    return np.minimum((np.maximum(acc, 0) + half) >> s64, ACT_MAX)
 
 
 def _validate(net: IntegerScaleNet) -> None:

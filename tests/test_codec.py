@@ -113,6 +113,24 @@ def test_dynamic_sizes_one_bundle(stereo: Bundle) -> None:
         assert used and image.shape == (h, w, 3)
 
 
+def test_a_bounded_decoder_keeps_few_graphs_open_and_decodes_the_same(stereo: Bundle) -> None:
+    """max_open_graphs closes the least recently used session (each holds an arena of ~0.5 GB at
+    native size) and reopens it when needed: the images are those of a decoder that keeps all."""
+    x, side = sample_pair(seed=3)
+    frames = []
+    for role, quality in (("intra", 0), ("intra", 1), ("side_info", 0), ("intra", 0)):
+        encoder = EdgeEncoder(stereo, role, quality)
+        frame = encoder.frame(encoder.encode(x), rig_id=1, camera_id=2, seq=1, t_capture_ns=0)
+        frames.append((frame, side if role == "side_info" else None))
+    bounded, unbounded = HostDecoder(stereo, max_open_graphs=1), HostDecoder(stereo)
+    for frame, s in frames:
+        assert np.array_equal(bounded.decode(frame, s).image, unbounded.decode(frame, s).image)
+        assert len(bounded._sessions._sessions) == 1
+    assert len(unbounded._sessions._sessions) == 3
+    with pytest.raises(ValueError, match="at least one"):
+        HostDecoder(stereo, max_open_graphs=0)
+
+
 def test_dependent_without_side_uses_grey(stereo: Bundle) -> None:
     x, _ = sample_pair()
     *_, image, used = roundtrip(stereo, "side_info", 1, x, None)

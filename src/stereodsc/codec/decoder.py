@@ -53,6 +53,7 @@ class HostDecoder:
     """Decode frames of one bundle; sessions and tables load once per (role, quality) on first use.
 
     Frames larger than `max_pixels` are refused before anything is allocated for them.
+    `max_open_graphs` bounds the graph sessions kept open (see `GraphSessions`; None: every one).
     """
 
     def __init__(
@@ -64,10 +65,11 @@ class HostDecoder:
         max_pixels: int = MAX_PIXELS,
         engine_cache: Path | None = None,
         fallback: str | None = None,
+        max_open_graphs: int | None = None,
     ) -> None:
         self.bundle = bundle
         self.max_pixels = max_pixels
-        self._sessions = GraphSessions(bundle, backend, threads, engine_cache, fallback)
+        self._sessions = GraphSessions(bundle, backend, threads, engine_cache, fallback, max_open_graphs)
         self._coding: dict[tuple[str, int], Coding] = {}
 
     @property

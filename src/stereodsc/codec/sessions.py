@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ class GraphSessions:
 
     `cache_dir`: TensorRT engines (None: the machine's cache folder, `runtime.cache_dir`);
     `fallback`: None refuses a GPU backend that cannot run, "cpu" runs on the CPU instead (`fell_back`).
+    `max_open`: sessions kept open at once, the least recently used closed beyond it (None: all).
+    Each session keeps the memory arena of the largest input it ran (~0.5 GB for a host graph at
+    375x1242), so a caller that walks through many qualities once (evaluation) bounds it; a host
+    service that warms up every graph it serves keeps them all.
     """
 
     def __init__(
@@ -25,18 +30,26 @@ class GraphSessions:
         threads: int = 0,
         cache_dir: Path | None = None,
         fallback: str | None = None,
+        max_open: int | None = None,
     ) -> None:
+        if max_open is not None and max_open < 1:
+            raise ValueError(f"max_open={max_open}: keep at least one session open, or None for all")
         self.bundle = bundle
         self.backend = backend
         self.threads = threads
         self.cache_dir = cache_dir
         self.fallback = fallback
-        self._sessions: dict[tuple[Path, tuple[tuple[str, tuple[int, ...]], ...]], Session] = {}
+        self.max_open = max_open
+        self._sessions: OrderedDict[tuple[Path, tuple[tuple[str, tuple[int, ...]], ...]], Session] = OrderedDict()
 
     def run(self, path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         shapes = tuple(sorted((k, v.shape) for k, v in inputs.items())) if self.backend == "tensorrt" else ()
         key = (path, shapes)
-        if key not in self._sessions:
+        if key in self._sessions:
+            self._sessions.move_to_end(key)
+        else:
+            while self.max_open is not None and len(self._sessions) >= self.max_open:
+                self._sessions.popitem(last=False)[1].close()
             self._sessions[key] = open_session(
                 path,
                 self.backend,

@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from stereodsc.errors import ConfigError
+from stereodsc.export.graphs import HostGraph
 from stereodsc.models import band_si_finder, build_model
-from stereodsc.models.dsin import _colour_transform, normalize
+from stereodsc.models.dsin import DSIN, SINet, _colour_transform, normalize
 from stereodsc.models.ndic_cam import BandAttention
 
 torch.set_num_threads(1)
@@ -98,6 +99,23 @@ def test_band_dsin_needs_its_band_and_runs_at_any_size() -> None:
         out = model(x, side)
         assert out["x_hat"].shape == out["side_syn"].shape == x.shape
         assert torch.isin(out["side_syn"].flatten(), side.flatten()).all()
+
+
+def test_widened_si_net_is_the_same_function_and_the_host_graph_uses_it() -> None:
+    """onnxruntime runs a 12-channel conv chain 2x slower than a 16-channel one (layout changes after
+    every layer): the host graph carries the SI-Net widened with zero channels, the same function."""
+    torch.manual_seed(0)
+    net = SINet(12, residual=True)
+    for p in net.parameters():
+        p.data.normal_(0, 0.1)
+    wide = net.widened(16)
+    assert (net.width, wide.width) == (12, 16)
+    x, side = textured(32, 64), textured(32, 64, seed=1)
+    torch.testing.assert_close(wide(x, side), net(x, side), rtol=0, atol=1e-6)
+    model = build_model("dsin", **TINY, **{**BAND_DSIN, "si_width": 12}, reencode_side=False)
+    assert isinstance(HostGraph(model).model, DSIN) and HostGraph(model).model.si_net.width == 16
+    assert model.si_net.width == 12  # the trained model is left as it is
+    assert HostGraph(build_model("dsin", **TINY, **BAND_DSIN, reencode_side=False)).model.si_net.width == 8
 
 
 # --- NDIC-CAM: row attention ----------------------------------------------------------------------

@@ -258,6 +258,29 @@ class SINet(nn.Module):
                 layer.weight[i, i, k, k] = 1.0
         return layer
 
+    @property
+    def width(self) -> int:
+        first = self.net[0]
+        assert isinstance(first, nn.Conv2d)
+        return int(first.out_channels)
+
+    def widened(self, multiple: int = 16) -> SINet:
+        """The same function with the width rounded up to a multiple of `multiple`: the extra
+        channels have zero weights and bias, so they stay 0 through every LeakyReLU and add exact
+        zeros. For export: onnxruntime's CPU convolutions work in blocks of 8 or 16 channels
+        (AVX2 / AVX-512) and convert the layout after every layer of a 12-channel chain, which made
+        the 12-wide SI-Net 2x slower than a 16-wide one."""
+        wide = SINet(-(-self.width // multiple) * multiple, self.residual)
+        with torch.no_grad():
+            for new, old in zip(wide.net, self.net, strict=True):
+                if isinstance(new, nn.Conv2d) and isinstance(old, nn.Conv2d):
+                    assert new.bias is not None and old.bias is not None
+                    new.weight.zero_()
+                    new.bias.zero_()
+                    new.weight[: old.out_channels, : old.in_channels] = old.weight
+                    new.bias[: old.out_channels] = old.bias
+        return wide
+
     def forward(self, x_dec: Tensor, side_syn: Tensor) -> Tensor:
         out = self.net(torch.cat([normalize(x_dec), normalize(side_syn)], dim=1))
         if self.residual:  # the correction in normalised units: scale by std only, no mean

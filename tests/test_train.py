@@ -298,6 +298,20 @@ def test_validation_reports_bpp_psnr_msssim(tmp_path: Path) -> None:
     trainer = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
     val = trainer.validate()
     assert val["bpp"] > 0 and 0 < val["psnr"] < 60 and 0 <= val["ms_ssim"] <= 1
+    assert "psnr_dec" not in val
+
+
+def test_dsin_validation_separates_what_the_side_image_adds(tmp_path: Path) -> None:
+    """psnr_dec is DSIN's backbone alone: with a residual SI-Net at its zero start the side image
+    adds nothing yet, so it equals psnr; the reference's identity start changes x_hat already."""
+    raw = tiny_config(tmp_path / "res", "dsin")
+    raw["model"]["options"] = {**TINY, "si_width": 8, "si_residual": True, "patch": [16, 16]}
+    val = Trainer(config_from_dict(raw), progress=False).validate()
+    assert val["psnr_dec"] == pytest.approx(val["psnr"], abs=1e-9)
+    raw["model"]["options"]["si_residual"] = False
+    raw["train"]["out"] = str(tmp_path / "identity")
+    val = Trainer(config_from_dict(raw), progress=False).validate()
+    assert 0 < val["psnr"] != pytest.approx(val["psnr_dec"], abs=0.01)
 
 
 def test_checkpoint_schema_is_checked(tmp_path: Path) -> None:

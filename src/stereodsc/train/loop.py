@@ -423,7 +423,8 @@ class Trainer:
     @torch.no_grad()
     def validate_pairs(self) -> list[dict[str, float]]:
         """Per held-out pair: loss, shared rate-distortion loss, estimated bpp (rounded latents), PSNR
-        and MS-SSIM."""
+        and MS-SSIM; for DSIN also ``psnr_dec``, its backbone's reconstruction before the side image:
+        psnr - psnr_dec is what the side information itself adds at the same bits."""
         self.model.eval()
         records = []
         for i in range(len(self.val_set)):
@@ -434,17 +435,18 @@ class Trainer:
             out = self.model(xp, side_p)
             terms = self.model.loss(out, xp, side_p, self.cfg.train.lmbda, self.distortion)
             x_hat = out["x_hat"][..., :h, :w].clamp(0, 1)
-            records.append(
-                {
-                    "loss": terms["loss"].item(),
-                    # The objective every model shares (rate of x + its distortion), comparable across models;
-                    # "loss" also holds model-specific terms (NDIC's side-branch and common-information rates).
-                    "rd_loss": self.cfg.train.lmbda * 255**2 * terms["distortion"].item() + terms["bpp"].item(),
-                    "bpp": bits(out["likelihoods"].values()).item() / (h * w),
-                    "psnr": psnr(x_hat, x),
-                    "ms_ssim": ms_ssim(x_hat, x).item() if min(h, w) >= ms_ssim_min_side() else math.nan,
-                }
-            )
+            record = {
+                "loss": terms["loss"].item(),
+                # The objective every model shares (rate of x + its distortion), comparable across models;
+                # "loss" also holds model-specific terms (NDIC's side-branch and common-information rates).
+                "rd_loss": self.cfg.train.lmbda * 255**2 * terms["distortion"].item() + terms["bpp"].item(),
+                "bpp": bits(out["likelihoods"].values()).item() / (h * w),
+                "psnr": psnr(x_hat, x),
+                "ms_ssim": ms_ssim(x_hat, x).item() if min(h, w) >= ms_ssim_min_side() else math.nan,
+            }
+            if "x_dec" in out:
+                record["psnr_dec"] = psnr(out["x_dec"][..., :h, :w].clamp(0, 1), x)
+            records.append(record)
         return records
 
     def validate(self) -> dict[str, float]:

@@ -205,14 +205,16 @@ def test_existing_run_requires_resume(tmp_path: Path) -> None:
         train(cfg, progress=False)
 
 
-def test_warm_start_loads_weights_also_under_resume(tmp_path: Path) -> None:
-    """`make weights` always passes --resume: a first run must still start from init_from."""
+def test_warm_start_loads_weights_also_under_resume(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """`make weights` always passes --resume: a first run must still start from init_from (and say so)."""
     torch.set_num_threads(1)
     base = train(config_from_dict(tiny_config(tmp_path / "base", "ndic", steps=1)), progress=False)
     cfg = config_from_dict(tiny_config(tmp_path / "low", "ndic", init_from=str(tmp_path / "base/latest.pt")))
-    low = train(cfg, resume=True, progress=False, stop_after=0)
+    with caplog.at_level("INFO", logger="stereodsc.train.loop"):
+        low = train(cfg, resume=True, progress=False, stop_after=0)
     for k, v in base.model.state_dict().items():
         assert torch.equal(v, low.model.state_dict()[k]), f"{k} was not warm-started"
+    assert "warm start from" in caplog.text and "the whole ndic model" in caplog.text
 
 
 def test_related_model_warm_starts_its_shared_weights(tmp_path: Path) -> None:

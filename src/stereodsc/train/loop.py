@@ -320,6 +320,7 @@ class Trainer:
                     "set [model] preset and [model.options] to the checkpoint's to fine-tune it"
                 )
             self.model.load_state_dict(ckpt["model_state"])
+            log.info("warm start from %s: the whole %s model (step %s of its run)", path, ckpt["model"], ckpt["step"])
             return
         own = self.model.state_dict()
         shared: dict[str, torch.Tensor] = {}

@@ -384,3 +384,9 @@ def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(
     with pytest.raises(TrainingDivergedError, match="diverged at step 2"):
         trainer.run()
     assert load_checkpoint(trainer.latest_path)["step"] == 1, "the spoilt weights were not saved"
+    # what the error says to do: lower [train] lr and --resume; the lower rate takes over
+    lower = Trainer(config_from_dict(tiny_config(tmp_path, steps=3, lr=cfg.train.lr / 4)), progress=False)
+    assert lower.resume() and lower.step == 1
+    assert all(g["lr"] == cfg.train.lr / 4 for g in lower.optimizer.param_groups)
+    same = Trainer(cfg, progress=False)
+    assert same.resume() and same.optimizer.param_groups[0]["lr"] == cfg.train.lr

@@ -293,14 +293,23 @@ class Trainer:
             ckpt = self._load(self.latest_path)
             self.optimizer.load_state_dict(ckpt["optimizer"])
             self.aux_optimizer.load_state_dict(ckpt["aux_optimizer"])
-            return True
-        if self.keep_path is not None and self.keep_path.is_file():
+        elif self.keep_path is not None and self.keep_path.is_file():
             ckpt = self._load(self.keep_path)
             for group in self.optimizer.param_groups:
                 group["lr"] = ckpt["lr"]
             log.info("resumed from the kept %s at step %d (fresh optimiser moments)", self.keep_path, self.step)
-            return True
-        return False
+        else:
+            return False
+        self._lower_lr_to_config()
+        return True
+
+    def _lower_lr_to_config(self) -> None:
+        """A [train] lr below the resumed run's takes over: what a diverged run is told to do."""
+        lr = self.cfg.train.lr
+        if lr < self.optimizer.param_groups[0]["lr"]:
+            log.info("learning rate lowered from %g to [train] lr = %g", self.optimizer.param_groups[0]["lr"], lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
 
     def warm_start(self, path: str) -> None:
         """Start from another run's weights, with fresh optimisers.

@@ -296,6 +296,24 @@ def test_init_from_on_the_command_line_fine_tunes_a_kept_checkpoint(
         other.warm_start("weights/trained.pt")
 
 
+def test_a_checkpoint_written_before_an_option_existed_resumes_and_warm_starts(tmp_path: Path) -> None:
+    """Options added later (DSIN's si_residual) take their default, what the old model computed:
+    the shipped weights and runs in progress must not stop resuming when a model gains an option."""
+    torch.set_num_threads(1)
+    raw = tiny_config(tmp_path / "old", "dsin", steps=1)
+    raw["model"]["options"] = {**TINY, "si_width": 8, "patch": [16, 16]}
+    trainer = train(config_from_dict(raw), progress=False)
+    ckpt = torch.load(trainer.latest_path, weights_only=False)
+    del ckpt["model_config"]["si_residual"]  # as written before the option existed
+    torch.save(ckpt, trainer.latest_path)
+    again = Trainer(config_from_dict(raw), progress=False)
+    assert again.resume() and again.step == 1
+    fresh = Trainer(config_from_dict(tiny_config(tmp_path / "new", "dsin") | {"model": raw["model"]}), progress=False)
+    fresh.warm_start(str(trainer.latest_path))
+    for k, v in trainer.model.state_dict().items():
+        assert torch.equal(v, fresh.model.state_dict()[k])
+
+
 def test_validation_reports_bpp_psnr_msssim(tmp_path: Path) -> None:
     trainer = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
     val = trainer.validate()

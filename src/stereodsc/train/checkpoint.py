@@ -48,7 +48,17 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     for key in ("model", "model_config", "model_state", "step"):
         if key not in ckpt:
             raise CheckpointError(f"{path}: missing {key!r}; the checkpoint is incomplete")
+    ckpt["model_config"] = complete_config(ckpt["model_config"])
     return ckpt
+
+
+def complete_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved model config as the model records it today: options added since the checkpoint was
+    written (e.g. DSIN's si_residual) at their defaults, which is what that model computed, so a
+    resume, a warm start or an export of an older checkpoint compares equal to the same config."""
+    from stereodsc.models import build_model
+
+    return dict(build_model(**config).config)
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

@@ -56,8 +56,10 @@ def complete_config(config: dict[str, Any]) -> dict[str, Any]:
     """A saved model config as the model records it today: options added since the checkpoint was
     written (e.g. DSIN's si_residual) at their defaults, which is what that model computed, so a
     resume, a warm start or an export of an older checkpoint compares equal to the same config."""
-    from stereodsc.models import build_model
+    from stereodsc.models import MODEL_NAMES, build_model
 
+    if config.get("name") not in MODEL_NAMES:  # not a model this stereodsc builds: the caller's checks name it
+        return config
     return dict(build_model(**config).config)
 
 

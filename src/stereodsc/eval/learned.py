@@ -216,8 +216,9 @@ class LearnedCoder:
     """Edge encoders and host decoders opened per (bundle, role, quality) and reused.
 
     At most `max_open` encoders, and host graphs per bundle, stay open (least recently used
-    closed first): each holds ~0.5 GB of onnxruntime arena at native size, and an evaluation
-    walks through every quality once (with all open, two bundles at native size took 11 GB).
+    closed first): each holds 0.3-0.45 GB of onnxruntime arena at native size, and an evaluation
+    walks through every quality once (the native bundle on Middlebury's held-out pairs peaked at
+    3.9 GB with every session open, 3.1 GB with 2).
     """
 
     def __init__(self, max_open: int = 2) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import math
 import re
 import shutil
 import signal
@@ -9,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -384,27 +387,62 @@ def test_sigterm_saves_a_checkpoint(tmp_path: Path) -> None:
     assert step >= 2
 
 
+def _overflow_at(trainer: Trainer, monkeypatch: pytest.MonkeyPatch, steps: set[int]) -> None:
+    """Make the model's loss non-finite at the 0-based `steps`, as an overflowing batch does."""
+    real_loss = trainer.model.loss
+
+    def loss(*args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
+        terms = real_loss(*args, **kwargs)
+        return {**terms, "loss": terms["loss"] * math.inf} if trainer.step in steps else terms
+
+    monkeypatch.setattr(trainer.model, "loss", loss)
+
+
+def test_a_step_with_a_non_finite_loss_is_skipped_and_the_run_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    torch.set_num_threads(1)
+    trainer = Trainer(config_from_dict(tiny_config(tmp_path, steps=3)), progress=False)
+    _overflow_at(trainer, monkeypatch, {1})
+    before: dict[str, torch.Tensor] = {}
+    real_step = trainer.train_step
+
+    def step(i: int) -> dict[str, float]:
+        if i == 1:
+            before.update({k: v.clone() for k, v in trainer.model.state_dict().items()})
+        stats = real_step(i)
+        if i == 1:
+            after = trainer.model.state_dict()
+            assert all(torch.equal(before[k], after[k]) for k in before), "the bad step changed the weights"
+        return stats
+
+    monkeypatch.setattr(trainer, "train_step", step)
+    with caplog.at_level(logging.WARNING, logger="stereodsc.train.loop"):
+        trainer.run()
+    assert trainer.step == 3 and load_checkpoint(trainer.latest_path)["step"] == 3
+    assert "step 2 skipped: loss inf" in caplog.text and "its pairs:" in caplog.text
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
 def test_a_diverged_run_stops_and_keeps_the_last_good_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from stereodsc.errors import TrainingDivergedError
+    from stereodsc.train.loop import MAX_SKIPPED_IN_ROW
 
     torch.set_num_threads(1)
-    cfg = config_from_dict(tiny_config(tmp_path, steps=3))
+    cfg = config_from_dict(tiny_config(tmp_path, steps=2 + MAX_SKIPPED_IN_ROW))
     trainer = Trainer(cfg, progress=False)
-    real_step = trainer.train_step
-
-    def diverging(step: int) -> dict[str, float]:
-        stats = real_step(step)
-        return {**stats, "loss": float("nan")} if step == 1 else stats
-
-    monkeypatch.setattr(trainer, "train_step", diverging)
-    with pytest.raises(TrainingDivergedError, match="diverged at step 2"):
+    _overflow_at(trainer, monkeypatch, set(range(1, 1 + MAX_SKIPPED_IN_ROW)))
+    in_row = f"{MAX_SKIPPED_IN_ROW} steps in a row up to step {1 + MAX_SKIPPED_IN_ROW}"
+    with pytest.raises(TrainingDivergedError, match=in_row):
         trainer.run()
-    assert load_checkpoint(trainer.latest_path)["step"] == 1, "the spoilt weights were not saved"
+    # a skipped step leaves the weights as they were: the checkpoints written after the first two are good
+    assert load_checkpoint(trainer.latest_path)["step"] == MAX_SKIPPED_IN_ROW
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
     # what the error says to do: lower [train] lr and --resume; the lower rate takes over
     lower = Trainer(config_from_dict(tiny_config(tmp_path, steps=3, lr=cfg.train.lr / 4)), progress=False)
-    assert lower.resume() and lower.step == 1
+    assert lower.resume() and lower.step == MAX_SKIPPED_IN_ROW
     assert all(g["lr"] == cfg.train.lr / 4 for g in lower.optimizer.param_groups)
-    same = Trainer(cfg, progress=False)
+    same = Trainer(config_from_dict(tiny_config(tmp_path, steps=3)), progress=False)
     assert same.resume() and same.optimizer.param_groups[0]["lr"] == cfg.train.lr

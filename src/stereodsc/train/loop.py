@@ -142,6 +142,11 @@ def _grew_channels(old: torch.Size, new: torch.Size) -> bool:
     )
 
 
+# Non-finite steps in a row after which a run is given up: one bad batch is skipped, a run whose every
+# batch overflows has diverged.
+MAX_SKIPPED_IN_ROW = 3
+
+
 def _micro_seed(seed: int, step: int, micro: int) -> int:
     """The torch seed of one micro-batch: its own stream, the same whichever process computes it."""
     return int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0])
@@ -362,6 +367,10 @@ class Trainer:
         )
 
     # ---- training ----------------------------------------------------------------------------
+    def batch_pairs(self, step: int) -> np.ndarray:
+        """Indexes in the training set of step's global batch."""
+        return self.train_set.draw(np.random.default_rng([self.cfg.train.seed, step]), self.cfg.train.batch_size)
+
     def batch(self, step: int, samples: range | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Samples `samples` (default: all) of step's global batch, on the CPU.
 
@@ -370,7 +379,7 @@ class Trainer:
         the others', and the data do not depend on how many processes share the batch.
         """
         t = self.cfg.train
-        idx = self.train_set.draw(np.random.default_rng([t.seed, step]), t.batch_size)
+        idx = self.batch_pairs(step)
         picked = range(t.batch_size) if samples is None else samples
         xs, sides = zip(
             *(self.train_set.get(int(idx[i]), np.random.default_rng([t.seed, step, i])) for i in picked), strict=True
@@ -403,6 +412,12 @@ class Trainer:
         stats = [*sums, float(self.signals is not None and self.signals.requested)]
         if self.dist.world > 1:
             stats = self._all_reduce_grads(stats)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.main_parameters(), math.inf))
+        result = {"loss": stats[0], "bpp": stats[1], "psnr": stats[2], "grad_norm": grad_norm, "stop": stats[3]}
+        if not (math.isfinite(stats[0]) and math.isfinite(grad_norm)):
+            # One overflowing batch must not spoil the weights: leave them as they are (every process
+            # sees the same reduced numbers, so all skip together); `_run` gives up if it repeats.
+            return {**result, "aux": math.nan, "skipped": 1.0}
         self.optimizer.step()
         # The aux loss depends on the parameters only, which are the same in every process: so is
         # its gradient, and reducing it would change nothing.
@@ -410,7 +425,7 @@ class Trainer:
         self.aux_optimizer.zero_grad(set_to_none=True)
         aux.backward()
         self.aux_optimizer.step()
-        return {"loss": stats[0], "bpp": stats[1], "psnr": stats[2], "aux": aux.item(), "stop": stats[3]}
+        return {**result, "aux": aux.item(), "skipped": 0.0}
 
     def _all_reduce_grads(self, stats: list[float]) -> list[float]:
         """Sum the main gradients and `stats` over the processes, in one flat all-reduce.
@@ -482,24 +497,19 @@ class Trainer:
         end = t.steps if stop_after is None else min(t.steps, self.step + stop_after)
         bar = _progress(self.step, t.steps, enabled=self.progress and self.dist.is_main)
         window: list[dict[str, float]] = []
+        skipped_in_row = 0
         try:
             while self.step < end:
                 started = time.process_time()
                 stats = self.train_step(self.step)
                 stop = stats.pop("stop")
-                if not math.isfinite(stats["loss"]):  # the weights are spoilt now: never save them
-                    kept = (
-                        f"{self.latest_path} still holds the last good weights"
-                        if self.latest_path.exists()
-                        else "no checkpoint of this run was written yet"
-                    )
-                    raise TrainingDivergedError(
-                        f"training diverged at step {self.step + 1} (loss {stats['loss']}); {kept}: lower "
-                        "[train] lr and continue with --resume (or start again)"
-                    )
+                skipped_in_row = skipped_in_row + 1 if stats.pop("skipped") else 0
+                if skipped_in_row:
+                    self._skipped(stats, skipped_in_row)
                 self.cpu_seconds += time.process_time() - started
                 self.step += 1
-                window.append(stats)
+                if not skipped_in_row:
+                    window.append(stats)
                 bar.update(1)
                 bar.set_postfix(loss=f"{stats['loss']:.3f}", bpp=f"{stats['bpp']:.3f}", psnr=f"{stats['psnr']:.2f}")
                 if stop:
@@ -517,6 +527,30 @@ class Trainer:
         finally:
             bar.close()
         return self.metrics
+
+    def _skipped(self, stats: dict[str, float], in_row: int) -> None:
+        """Log a step whose loss or gradient was not finite (its update was not applied), naming its
+        pairs so the batch can be looked at; raise once MAX_SKIPPED_IN_ROW steps in a row were."""
+        batch = [self.train_set.pairs[int(i)] for i in self.batch_pairs(self.step)]
+        pairs = ", ".join(f"{pair.x} (side {pair.side})" for pair in batch)
+        if self.dist.is_main:
+            log.warning(
+                "step %d skipped: loss %s, gradient norm %s (the weights were left as they were); its pairs: %s",
+                self.step + 1,
+                stats["loss"],
+                stats["grad_norm"],
+                pairs,
+            )
+        if in_row >= MAX_SKIPPED_IN_ROW:
+            kept = (
+                f"{self.latest_path} holds the last checkpoint"
+                if self.latest_path.exists()
+                else "no checkpoint of this run was written yet"
+            )
+            raise TrainingDivergedError(
+                f"training diverged: {in_row} steps in a row up to step {self.step + 1} gave a non-finite loss or "
+                f"gradient (loss {stats['loss']}); {kept}: lower [train] lr and continue with --resume (or start again)"
+            )
 
     def _validate_and_log(self, window: list[dict[str, float]]) -> None:
         """Rank 0 validates; every process steps its scheduler on the same result, so all keep the

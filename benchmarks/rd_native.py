@@ -19,6 +19,7 @@ Skips with a message when ../shared/data is absent.
     python benchmarks/rd_native.py --model /tmp/bundle_native --model default
     python benchmarks/rd_native.py --max-images 1 --codecs jpeg --out /tmp/rd_native   # smoke run
     python benchmarks/rd_native.py --summary-only                      # re-summarise existing results
+    python benchmarks/rd_native.py --reference-above 1 --out benchmarks/results/rd_native_reference_above
 """
 
 from __future__ import annotations
@@ -312,6 +313,13 @@ def main() -> int:
     parser.add_argument("--source", action="append", choices=list(MIX_SOURCES), help="default: all four")
     parser.add_argument("--max-images", type=int, help="evaluate only the first N held-out pairs per data set")
     parser.add_argument("--codecs", help="comma-separated anchors; default: all that run here; '' for none")
+    parser.add_argument(
+        "--reference-above",
+        type=int,
+        default=0,
+        metavar="N",
+        help="code the reference camera N intra qualities above the matching one (stereodsc eval --reference-above)",
+    )
     parser.add_argument("--out", type=Path, default=OUT, help=f"default {OUT.relative_to(REPO)}")
     parser.add_argument("--summary-only", action="store_true", help="re-summarise the results already in --out")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -359,6 +367,7 @@ def main() -> int:
                 progress=not args.quiet,
                 side="decoded",
                 held_out=True,
+                reference_above=args.reference_above,
             )
         if not results:
             print(f"skipped: none of the data sets is under {args.data}")

@@ -196,3 +196,44 @@ def test_rig_section_prices_both_cameras(
     assert "## Rig: both cameras" in md and "| **ndic+balle2017** | **balle2017+balle2017** |" in md
     assert (tmp_path / "decoded" / "rig" / "rd_psnr.png").is_file()
     assert (tmp_path / "decoded" / "rig" / "rd_ms_ssim.png").is_file()
+
+
+def test_reference_above_codes_the_reference_camera_at_a_better_quality(
+    tmp_path_factory: pytest.TempPathFactory, pair_folder: Path, tmp_path: Path
+) -> None:
+    from stereodsc.eval.learned import quality_label
+
+    stereo = bundle_dir(tmp_path_factory, "stereo")  # balle2017 intra + ndic side_info, 2 qualities each
+    path = run_eval(
+        [stereo],
+        pair_folder,
+        protocol="native",
+        codecs=[],
+        out=tmp_path,
+        side="decoded",
+        reference_above=1,
+        progress=False,
+    )
+    doc = json.loads(path.read_text())
+    q0, q1 = quality_label(0), quality_label(1)
+    # one above the matching quality, capped at the intra codec's top one
+    assert doc["meta"]["side_decoded_with"]["ndic"] == {q0: f"balle2017 {q1}", q1: f"balle2017 {q1}"}
+    ys = {(r["quality"], r["image"]): r for r in doc["rig"]["reference_view_records"]}
+    xs = {(r["method"], r["quality"], r["image"]): r for r in doc["records"]}
+    rig = [r for r in doc["rig"]["records"] if r["method"] == "ndic+balle2017"]
+    assert len(rig) == 2 * len({r["image"] for r in doc["records"]})
+    for r in rig:
+        x, y = xs[("ndic", r["quality"], r["image"])], ys[(q1, r["image"])]
+        assert r["payload_bytes"] == x["payload_bytes"] + y["payload_bytes"]
+    for side, above in (("original", 1), ("decoded", -1)):
+        with pytest.raises(ConfigError, match="--reference-above"):
+            run_eval(
+                [stereo],
+                pair_folder,
+                protocol="native",
+                codecs=[],
+                out=tmp_path / "bad",
+                side=side,
+                reference_above=above,
+                progress=False,
+            )

@@ -215,6 +215,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         both_directions=args.both_directions,
         side=args.side,
         held_out=args.held_out,
+        reference_above=args.reference_above,
     )
     print(f"results: {results}  (BD-rate table: {results.parent / 'bd_rate.md'}; plots: rd_psnr.png, rd_ms_ssim.png)")
     return 0
@@ -443,6 +444,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="original",
         help="side image: the original y (as the papers) or y decoded by the bundle's intra codec; decoded also "
         "prices the rig (both cameras: results.json 'rig', bd_rate.md, rig/ plots)",
+    )
+    ev.add_argument(
+        "--reference-above",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --side decoded: code the reference view N intra qualities above the one trained with the "
+        "nearest lambda (a rig may send its reference camera better; the rig figure says whether that pays)",
     )
     ev.add_argument("--frames", help="START:STOP frame range, Python slice rules (-20: = the last 20)")
     ev.add_argument(

@@ -183,6 +183,14 @@ def matching_quality(si_codec: Codec, intra_codec: Codec, index: int) -> int:
     return min(intra_codec.qualities, key=lambda q: (abs(q.lmbda - lmbda), q.index)).index
 
 
+def reference_quality(si_codec: Codec, intra_codec: Codec, index: int, above: int = 0) -> int:
+    """The intra quality a rig codes the reference view with: ``above`` qualities over the matching one
+    (capped at the intra codec's top quality)."""
+    ranked = sorted(q.index for q in intra_codec.qualities)
+    position = ranked.index(matching_quality(si_codec, intra_codec, index))
+    return ranked[min(position + above, len(ranked) - 1)]
+
+
 def side_references(methods: Sequence[LearnedMethod], side: str) -> dict[str, LearnedMethod]:
     """For ``side="decoded"``: side-information method name -> the intra method that codes its y.
 
@@ -283,13 +291,21 @@ def code_learned(
     side: str = "original",
     ms_ssim_win: int = 7,
     progress: bool = True,
+    reference_above: int = 0,
 ) -> LearnedRun:
     """One record per (method, quality, image); side-information codecs get y as ``side`` says.
 
     With ``side="decoded"`` y is coded once per (intra quality, image) and measured too
     (``LearnedRun.side_records``), at every quality of each intra codec that decodes a side image,
     so the rig (both cameras) can be priced for the side-information codecs and for intra alone.
+    ``reference_above``: y is coded that many intra qualities above the one whose lambda is nearest to
+    x's (at most the top one): a rig may send its reference camera at a better quality.
     """
+    if reference_above < 0 or (reference_above and side != "decoded"):
+        raise ConfigError(
+            f"--reference-above {reference_above}: give a number >= 0, with --side decoded (the reference view is "
+            "only coded when the side image is the decoded one)"
+        )
     from tqdm import tqdm
 
     refs = side_references(methods, side)
@@ -313,7 +329,7 @@ def code_learned(
         for method in methods:
             ref = refs.get(method.name)
             for point in method.codec.qualities:
-                ref_q = 0 if ref is None else matching_quality(method.codec, ref.codec, point.index)
+                ref_q = 0 if ref is None else reference_quality(method.codec, ref.codec, point.index, reference_above)
                 if ref is not None:
                     side_of.setdefault(method.name, {})[quality_label(point.index)] = (ref.name, quality_label(ref_q))
                 for seq, pair in enumerate(pairs):

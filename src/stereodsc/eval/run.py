@@ -440,13 +440,15 @@ def run_eval(
     both_directions: bool = False,
     side: str = "original",
     held_out: bool = False,
+    reference_above: int = 0,
 ) -> Path:
     """Evaluate ``models`` (bundles or checkpoints) and the anchors ``codecs`` (None: all that run
     here) on ``pairs``; write results, tables and plots into ``out``; return the results.json path.
 
     ``held_out``: only the pairs of the native mix's held-out split (``load_pairs``). With
     ``side="decoded"`` results.json gets a ``rig`` section (both cameras: ``rig_section``) and
-    ``out/rig/`` its RD plots; the anchors then also code the reference views.
+    ``out/rig/`` its RD plots; the anchors then also code the reference views. ``reference_above``: see
+    ``code_learned``.
     Options are checked before any coding starts, so a typo fails in a second, not after the anchors.
     """
     if side not in SIDE_MODES:
@@ -463,7 +465,7 @@ def run_eval(
         if not methods and not anchors:
             raise ConfigError("nothing to evaluate: give --model and/or --codecs")
         coder = LearnedCoder()
-        learned = code_learned(methods, eval_pairs, coder, side, win, progress)
+        learned = code_learned(methods, eval_pairs, coder, side, win, progress, reference_above)
         records = learned.records + rd.run_anchors([(p.name, p.x) for p in eval_pairs], anchors, progress, win)
         anchor_names = [a.name for a in anchors]
         table = build_bd_table(records, anchor_names, methods, notes)

@@ -337,6 +337,29 @@ def test_dsin_validation_separates_what_the_side_image_adds(tmp_path: Path) -> N
     assert 0 < val["psnr"] != pytest.approx(val["psnr_dec"], abs=0.01)
 
 
+def test_a_validation_well_above_the_best_is_logged_as_a_regression(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from stereodsc.train.loop import REGRESSION_WARNING
+
+    trainer = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
+    real = trainer.validate_pairs
+    scale = iter([1.0, 1.0, REGRESSION_WARNING * 1.01])  # the best, as good again, then worse
+
+    def validate_pairs() -> list[dict[str, float]]:
+        factor = next(scale)
+        return [{**r, "loss": 0.5 * factor} for r in real()]
+
+    monkeypatch.setattr(trainer, "validate_pairs", validate_pairs)
+    with caplog.at_level(logging.WARNING, logger="stereodsc.train.loop"):
+        trainer._validate_and_log([])
+        trainer._validate_and_log([])
+        assert "regressed" not in caplog.text
+        trainer._validate_and_log([])
+    assert "above the run's best, 0.5000" in caplog.text and "best.pt" in caplog.text
+    assert trainer.best_val == 0.5
+
+
 def test_checkpoint_schema_is_checked(tmp_path: Path) -> None:
     path = tmp_path / "x.pt"
     torch.save({"schema": "other/9"}, path)

@@ -142,6 +142,10 @@ def _grew_channels(old: torch.Size, new: torch.Size) -> bool:
     )
 
 
+# A validation loss this many times the run's best is logged as a regression (the intra codec's top point
+# once lost 1-4 dB per data set between two validations, and its worse weights were shipped).
+REGRESSION_WARNING = 1.05
+
 # Non-finite steps in a row after which a run is given up: one bad batch is skipped, a run whose every
 # batch overflows has diverged.
 MAX_SKIPPED_IN_ROW = 3
@@ -580,6 +584,17 @@ class Trainer:
         if val["loss"] < self.best_val:
             self.best_val = val["loss"]
             self.save(self.out_dir / "best.pt")
+        elif val["loss"] > self.best_val * REGRESSION_WARNING and self.dist.is_main:
+            log.warning(
+                "validation loss %.4f at step %d is %.0f %% above the run's best, %.4f (%s): the weights regressed; "
+                "export or fine-tune from best.pt rather than latest.pt or [train] keep, or copy it over latest.pt "
+                "and --resume at a lower [train] lr",
+                val["loss"],
+                self.step,
+                100 * (val["loss"] / self.best_val - 1),
+                self.best_val,
+                self.out_dir / "best.pt",
+            )
 
 
 def _mean(records: list[dict[str, float]]) -> dict[str, float]:

@@ -33,3 +33,41 @@ def test_a_fresh_clone_resumes_from_the_kept_checkpoint(tmp_path: Path) -> None:
     resumed = train(cfg, resume=True, progress=False)
     assert resumed.step == 3 and load_checkpoint(keep)["step"] == 3
     assert (tmp_path / "runs" / "run" / "latest.pt").is_file()
+
+
+def _constants(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: b.clone() for name, b in model.named_buffers()}
+
+
+def test_a_compact_checkpoint_keeps_the_models_constants_exact(tmp_path: Path) -> None:
+    """float16 turns the likelihood floor 1e-9 and the GDN pedestal 2**-36 into 0, which gave training
+    infinite rates and NaN gradients: constants are not saved, a loaded model keeps the code's values."""
+    torch.set_num_threads(1)
+    keep = tmp_path / "weights" / "run.pt"
+    cfg = config_from_dict(tiny_config(tmp_path / "run", "balle2018", steps=1, keep=str(keep)))
+    trained = train(cfg, progress=False)
+    expected = _constants(trained.model)
+    assert any(b.item() == pytest.approx(1e-9) for b in expected.values() if b.numel() == 1)
+    assert any(0 < b.item() < 1e-10 for b in expected.values() if b.numel() == 1)  # the pedestal
+    kept = load_checkpoint(keep)
+    assert not set(expected) & set(kept["model_state"]), "constants were saved"
+    loaded, _ = model_from_checkpoint(keep)
+    assert all(torch.equal(b, expected[name]) for name, b in _constants(loaded).items())
+
+
+def test_constants_saved_by_older_checkpoints_are_ignored(tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    cfg = config_from_dict(tiny_config(tmp_path / "run", "balle2018", steps=1))
+    trained = train(cfg, progress=False)
+    expected = _constants(trained.model)
+    ckpt = load_checkpoint(trained.latest_path)
+    # what a compact checkpoint of an earlier version held: every buffer, in float16 (1e-9 -> 0)
+    ckpt["model_state"].update({name: b.half() for name, b in expected.items()})
+    old = tmp_path / "old.pt"
+    torch.save(ckpt, old)
+    loaded, _ = model_from_checkpoint(old)
+    assert all(torch.equal(b, expected[name]) for name, b in _constants(loaded).items())
+    ckpt["model_state"]["g_a.not_a_layer.weight"] = torch.zeros(1)
+    torch.save(ckpt, old)
+    with pytest.raises(RuntimeError, match="not_a_layer"):  # a key the model does not have still fails
+        model_from_checkpoint(old)

@@ -69,7 +69,7 @@ class EntropyBottleneck(nn.Module):
                 self.factors.append(nn.Parameter(torch.zeros(channels, widths[i + 1], 1)))
         self.quantiles = nn.Parameter(torch.tensor([-init_scale, 0.0, init_scale]).repeat(channels, 1, 1))
         t = math.log(2.0 / tail_mass - 1.0)
-        self.register_buffer("target", torch.tensor([-t, 0.0, t]))
+        self.register_buffer("target", torch.tensor([-t, 0.0, t]), persistent=False)
         self.likelihood_bound = LowerBound(LIKELIHOOD_BOUND)
 
     def _logits_cumulative(self, x: Tensor, stop_gradient: bool) -> Tensor:
@@ -142,7 +142,7 @@ class GaussianConditional(nn.Module):
         super().__init__()
         self.tail_mass = tail_mass
         table = torch.exp(torch.linspace(math.log(scale_bound), math.log(scale_max), levels))
-        self.register_buffer("scale_table", table)
+        self.register_buffer("scale_table", table, persistent=False)
         self.scale_bound = LowerBound(scale_bound)
         self.likelihood_bound = LowerBound(LIKELIHOOD_BOUND)
 

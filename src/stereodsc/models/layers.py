@@ -37,7 +37,9 @@ class LowerBound(nn.Module):
 
     def __init__(self, bound: float) -> None:
         super().__init__()
-        self.register_buffer("bound", torch.tensor(float(bound)))
+        # Constants of the architecture (here and in every model buffer) are not saved in checkpoints: a
+        # float16 compact checkpoint turned the likelihood floor 1e-9 into 0 (infinite rates in training).
+        self.register_buffer("bound", torch.tensor(float(bound)), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         bound = self.bound.to(x.dtype)
@@ -54,7 +56,7 @@ class NonNegative(nn.Module):
     def __init__(self, minimum: float = 0.0, reparam_offset: float = 2.0**-18) -> None:
         super().__init__()
         pedestal = reparam_offset**2
-        self.register_buffer("pedestal", torch.tensor(pedestal))
+        self.register_buffer("pedestal", torch.tensor(pedestal), persistent=False)
         self.lower_bound = LowerBound((minimum + pedestal) ** 0.5)
 
     def init(self, value: Tensor) -> Tensor:

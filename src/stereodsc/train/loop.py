@@ -27,7 +27,7 @@ from stereodsc.eval.metrics import ms_ssim_min_side
 from stereodsc.models.base import CompressionModel, bits
 from stereodsc.sample import drive_path
 
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .datasets import (
     Augment,
@@ -277,7 +277,7 @@ class Trainer:
 
     def _apply(self, ckpt: dict[str, Any]) -> None:
         """Take the weights, schedule, RNG state and counters of a checkpoint (not the optimisers)."""
-        self.model.load_state_dict(ckpt["model_state"])
+        load_weights(self.model, ckpt["model_state"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         self.step, self.cpu_seconds = ckpt["step"], ckpt["cpu_seconds"]
@@ -337,7 +337,7 @@ class Trainer:
                     f"init_from {path} holds {ckpt['model_config']}, the config asks for {self.model.config}: "
                     "set [model] preset and [model.options] to the checkpoint's to fine-tune it"
                 )
-            self.model.load_state_dict(ckpt["model_state"])
+            load_weights(self.model, ckpt["model_state"])
             log.info("warm start from %s: the whole %s model (step %s of its run)", path, ckpt["model"], ckpt["step"])
             return
         own = self.model.state_dict()

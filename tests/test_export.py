@@ -22,6 +22,7 @@ from stereodsc.export import DEFAULT_SIZES, ParityError, ParityResult, export_bu
 from stereodsc.export import exporter as exporter_module
 from tiny_models import (
     CAM_TINY,
+    SMALL_SIZES,
     assert_parity_contract,
     bundle_dir,
     checkpoint,
@@ -258,3 +259,24 @@ def test_a_kernel_beyond_float16_stays_float32(tmp_path: Path) -> None:
     assert converted == 1
     stored = {i.name: i.data_type for i in onnx.load(str(path)).graph.initializer}
     assert stored == {"a__f16": onnx.TensorProto.FLOAT16, "b": onnx.TensorProto.FLOAT}
+
+
+def test_qualities_of_one_codec_may_differ_in_host_only_options(tmp_path: Path) -> None:
+    """DSIN's SI-Net width and residual form shape only the host graph: one codec may ship a
+    residual width-8 SI-Net at one quality and a width-12 one at another (the native bundle does)."""
+    wide, residual = tmp_path / "wide.pt", tmp_path / "residual.pt"
+    write_checkpoint(wide, "dsin", {"max_row_offset": 8, "si_width": 12}, 0.002, 5)
+    write_checkpoint(residual, "dsin", {"max_row_offset": 8, "si_width": 8, "si_residual": True}, 0.01, 6)
+    out = tmp_path / "b"
+    export_bundle([residual, wide], out, sample_images=[sample_pair()], sizes=SMALL_SIZES, progress=False)
+    codec = json.loads((out / MANIFEST).read_text())["codecs"]["side_info"]
+    assert "si_width" not in codec["model_config"] and codec["model_config"]["max_row_offset"] == 8
+    assert [q["host_options"] for q in codec["qualities"]] == [  # ordered by lambda; every graph parity-checked
+        {"si_residual": False, "si_width": 12},
+        {"si_residual": True, "si_width": 8},
+    ]
+    assert all(q["parity"] for q in codec["qualities"])
+    other = tmp_path / "other.pt"
+    write_checkpoint(other, "dsin", {"max_row_offset": 4}, 0.05, 7)  # the band the edge frames rely on
+    with pytest.raises(ConfigError, match=r"share one model config.*\['max_row_offset'\]"):
+        export_bundle([wide, other], tmp_path / "c", sample_images=[], progress=False)

@@ -160,22 +160,29 @@ def _load(path: Path) -> _Point:
     return _Point(path, model, ckpt, lmbda, entropy)
 
 
+def shared_config(model: CompressionModel) -> dict[str, Any]:
+    """The model config every quality of its codec shares: all but the host-only options."""
+    return {k: v for k, v in model.config.items() if k not in model.host_only_options}
+
+
+def host_options(model: CompressionModel) -> dict[str, Any]:
+    """The options a quality's host graph was built with, beyond its codec's shared config."""
+    return {k: v for k, v in model.config.items() if k in model.host_only_options}
+
+
 def _group(points: list[_Point]) -> dict[str, list[_Point]]:
-    """Role -> its checkpoints ordered by lambda; one model config per role."""
+    """Role -> its checkpoints ordered by lambda; one model config per role (but host-only options)."""
     groups: dict[str, list[_Point]] = {}
     for p in points:
         groups.setdefault("side_info" if p.model.uses_side_info else "intra", []).append(p)
     for role, group in groups.items():
-        first = group[0]
+        first = shared_config(group[0].model)
         for p in group[1:]:
-            if p.model.config != first.model.config:
-                diff = sorted(
-                    k
-                    for k in set(p.model.config) | set(first.model.config)
-                    if p.model.config.get(k) != first.model.config.get(k)
-                )
+            config = shared_config(p.model)
+            if config != first:
+                diff = sorted(k for k in set(config) | set(first) if config.get(k) != first.get(k))
                 raise ConfigError(
-                    f"{role} checkpoints must share one model config: {p.path} and {first.path} differ in "
+                    f"{role} checkpoints must share one model config: {p.path} and {group[0].path} differ in "
                     f"{diff}; export them into separate bundles"
                 )
         group.sort(key=lambda p: p.lmbda)
@@ -408,11 +415,13 @@ def export_bundle(
                 }
                 if scale_paths:
                     quality["scale_paths"] = scale_paths
+                if host_options(point.model):
+                    quality["host_options"] = host_options(point.model)
                 qualities.append(quality)
             latents = _latent_entries(model, padded[0])
             codecs[role] = {
                 "model": model.name,
-                "model_config": model.config,
+                "model_config": shared_config(model),
                 "uses_side_info": model.uses_side_info,
                 "stride": model.stride,
                 "latent_channels": next(lat["channels"] for lat in latents if lat["name"] == "y"),

@@ -37,6 +37,9 @@ class CompressionModel(nn.Module):
 
     name: ClassVar[str]
     uses_side_info: ClassVar[bool] = False
+    # Options that only shape the host's graph (not the edge graph, the latents or the wire): the qualities
+    # of one exported codec may differ in them (DSIN's SI-Net width and residual form).
+    host_only_options: ClassVar[frozenset[str]] = frozenset()
     stride: int
     g_a: nn.Module  # x -> transmitted latent
     prior: FactorizedPrior | ScaleHyperprior  # entropy model(s) of what is transmitted

@@ -328,6 +328,7 @@ class DSIN(BalleModel):
     name = "dsin"
     prior_name = "balle2017"
     uses_side_info = True
+    host_only_options = frozenset({"si_width", "si_residual"})
 
     def __init__(
         self,

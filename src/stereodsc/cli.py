@@ -504,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--quality",
         type=int,
-        help="quality index for both cameras (default 1, the second-lowest rate; with --native the top one)",
+        help="quality index for both cameras (default 1, the second-lowest rate; with --native the second-highest)",
     )
     d.add_argument(
         "--native",

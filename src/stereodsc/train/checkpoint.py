@@ -63,13 +63,13 @@ def complete_config(config: dict[str, Any]) -> dict[str, Any]:
     return dict(build_model(**config).config)
 
 
-def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], strict: bool = True) -> None:
+def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load a checkpoint's model_state into `model`, leaving the model's constants (its buffers: bounds,
     scale tables, which checkpoints no longer hold) as its code defines them. Checkpoints written
     before they became constants hold them too, in float16 in compact ones, where the likelihood
     floor 1e-9 is 0 and the GDN pedestal 2**-36 is 0: those values are ignored."""
     constants = {name for name, _ in model.named_buffers()} - set(model.state_dict())
-    model.load_state_dict({k: v for k, v in state.items() if k not in constants}, strict=strict)
+    model.load_state_dict({k: v for k, v in state.items() if k not in constants})
 
 
 def model_from_checkpoint(path: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:

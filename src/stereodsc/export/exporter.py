@@ -415,8 +415,8 @@ def export_bundle(
                 }
                 if scale_paths:
                     quality["scale_paths"] = scale_paths
-                if host_options(point.model):
-                    quality["host_options"] = host_options(point.model)
+                if options := host_options(point.model):
+                    quality["host_options"] = options
                 qualities.append(quality)
             latents = _latent_entries(model, padded[0])
             codecs[role] = {

@@ -416,6 +416,7 @@ class Trainer:
         stats = [*sums, float(self.signals is not None and self.signals.requested)]
         if self.dist.world > 1:
             stats = self._all_reduce_grads(stats)
+        # The total gradient norm (an infinite bound clips nothing; get_total_norm needs torch >= 2.6).
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.main_parameters(), math.inf))
         result = {"loss": stats[0], "bpp": stats[1], "psnr": stats[2], "grad_norm": grad_norm, "stop": stats[3]}
         if not (math.isfinite(stats[0]) and math.isfinite(grad_norm)):

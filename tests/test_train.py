@@ -360,6 +360,19 @@ def test_a_validation_well_above_the_best_is_logged_as_a_regression(
     assert trainer.best_val == 0.5
 
 
+def test_a_best_loss_from_other_held_out_pairs_is_not_compared(tmp_path: Path) -> None:
+    trainer = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
+    trainer.best_val = 0.5
+    state = trainer.state()
+    fresh = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
+    fresh._apply(state)
+    assert fresh.best_val == 0.5  # the same validation set: the best carries over
+    fresh._apply({**state, "val_set": "another split"})
+    assert fresh.best_val == math.inf  # a GPU run's or an older split's best would warn of regressions that are not
+    fresh._apply({k: v for k, v in state.items() if k != "val_set"})
+    assert fresh.best_val == math.inf  # checkpoints from before the fingerprint: unknown set
+
+
 def test_checkpoint_schema_is_checked(tmp_path: Path) -> None:
     path = tmp_path / "x.pt"
     torch.save({"schema": "other/9"}, path)

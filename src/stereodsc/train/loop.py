@@ -10,6 +10,7 @@ uninterrupted one. Under torchrun each process trains on its shard of every glob
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import math
@@ -134,6 +135,14 @@ class DecodedSides:
         return self._decoded[key]
 
 
+def validation_fingerprint(pairs: list[Pair], side_codecs: list[str]) -> str:
+    """Names the validation set (held-out pairs, and the intra codecs that decode their side images),
+    so that a best loss measured on another set (an older split, a GPU run's) is not compared."""
+    names = ["/".join(p.x.parts[-3:]) + "|" + "/".join(p.side.parts[-3:]) for p in pairs]  # paths below the data root
+    text = "\n".join(names + side_codecs)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _grew_channels(old: torch.Size, new: torch.Size) -> bool:
     """A weight that only gained channels (dims 0-1; kernels and other dims unchanged): zero-padding
     it keeps the old function when the new channels are inputs from new modules."""
@@ -209,6 +218,7 @@ class Trainer:
         crop = (d.crop[0], d.crop[1]) if d.crop else None
         self.train_set = PairDataset(train_pairs, cache, Augment(crop, d.flip, d.swap), weights, sides)
         self.val_set = PairDataset(val_pairs[: t.max_val_pairs], cache, side=sides)
+        self.val_fingerprint = validation_fingerprint(self.val_set.pairs, d.side_codec)
         self.step = 0
         self.signals: StopRequests | None = None  # in a torchrun job's run(): SIGINT / SIGTERM noted here
         self.cpu_seconds = 0.0
@@ -228,6 +238,7 @@ class Trainer:
             "step": self.step,
             "cpu_seconds": self.cpu_seconds,
             "best_val": self.best_val,
+            "val_set": self.val_fingerprint,
             "metrics": self.metrics,
             "model_state": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -281,7 +292,15 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         self.step, self.cpu_seconds = ckpt["step"], ckpt["cpu_seconds"]
-        self.best_val, self.metrics = ckpt["best_val"], ckpt["metrics"]
+        self.metrics = ckpt["metrics"]
+        self.best_val = ckpt["best_val"]
+        if ckpt.get("val_set") != self.val_fingerprint and math.isfinite(self.best_val):
+            log.info(
+                "the checkpoint's best validation loss (%.4f) was measured on other held-out pairs or side images; "
+                "this run's next validation sets the best anew",
+                self.best_val,
+            )
+            self.best_val = math.inf
 
     def share_state(self) -> None:
         """Give every process of a torchrun job rank 0's state (fresh, resumed or warm-started):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -199,6 +200,43 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
         assert torch.equal(a[k], b[k]), f"{k} differs after resume"
     log_lines = (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
     assert len(log_lines) == 2  # one validation per step, none repeated or lost
+
+
+def test_a_compiled_training_step_computes_what_the_eager_one_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch._inductor.config as inductor_config
+
+    monkeypatch.setattr(inductor_config, "fallback_random", True)  # the eager RNG: the same quantisation noise
+    torch.set_num_threads(1)
+    eager = train(config_from_dict(tiny_config(tmp_path / "eager")), progress=False)
+    compiled = train(config_from_dict(tiny_config(tmp_path / "compiled", compile=True)), progress=False)
+    assert compiled._compiled_step is not None  # it really ran compiled, not the fallback
+
+    def train_losses(run: str) -> list[float]:
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["train"]["loss"] for line in lines]
+
+    assert train_losses("compiled") == pytest.approx(train_losses("eager"), rel=1e-3)
+    a, b = eager.model.state_dict(), compiled.model.state_dict()
+    assert a.keys() == b.keys()  # checkpoints of a compiled run load anywhere
+    assert max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point()) < 1e-2
+
+
+def test_where_compiling_fails_training_goes_on_eagerly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def no_compiler(fn: object) -> object:
+        def fails(*args: object) -> object:
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error")
+
+        return fails
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    with caplog.at_level(logging.WARNING, logger="stereodsc.train.loop"):
+        trainer = train(config_from_dict(tiny_config(tmp_path, compile=True)), progress=False)
+    assert trainer.step == 2 and trainer._compiled_step is None
+    assert caplog.text.count("torch.compile failed") == 1 and "compile = false" in caplog.text
 
 
 def test_existing_run_requires_resume(tmp_path: Path) -> None:

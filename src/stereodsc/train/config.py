@@ -61,6 +61,10 @@ class TrainSection:
     max_val_pairs: int = 40
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    # torch.compile the training step's forward pass and loss: ~1.5x faster steps on a CPU (intra 0.94 -> 0.59 s,
+    # dsin 2.8 -> 1.9 s at batch 2 of 256x512) after a one-off compile of 2-3 minutes; worth it for long runs.
+    # It needs a C++ compiler (CPU) or Triton (GPU): where compiling fails, the run warns and goes on without it.
+    compile: bool = False
     # "auto": the first CUDA GPU when torch sees one, else the CPU; "cpu" or "cuda" to insist.
     # Under torchrun each process takes the GPU of its LOCAL_RANK (or the CPU with "cpu").
     device: str = "auto"

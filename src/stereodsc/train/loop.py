@@ -15,6 +15,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,8 @@ class Trainer:
             self.optimizer, mode="min", factor=0.1, patience=t.lr_patience, min_lr=t.lr_min
         )
         self.distortion = distortion_fn(t.distortion)
+        # The eager function stays the reference: validation, and the fallback where compiling fails.
+        self._compiled_step: Callable[..., Any] | None = torch.compile(self.forward_and_loss) if t.compile else None
         weights: list[float] | None = None
         if d.kind == "native_mix":
             train_pairs, weights, val_pairs = native_mix_pairs(Path(d.path))
@@ -427,8 +430,7 @@ class Trainer:
         for start in range(self.shard.start, self.shard.stop, self.micro_batch):
             x, side = (v.to(self.dist.device) for v in self.batch(step, range(start, start + self.micro_batch)))
             torch.manual_seed(_micro_seed(t.seed, step, start // self.micro_batch))
-            out = self.model(x, side)
-            terms = self.model.loss(out, x, side, t.lmbda, self.distortion)
+            out, terms = self._training_forward(x, side)
             (terms["loss"] * share).backward()
             for i, value in enumerate((terms["loss"].item(), terms["bpp"].item(), psnr(out["x_hat"], x))):
                 sums[i] += share * value
@@ -450,6 +452,25 @@ class Trainer:
         aux.backward()
         self.aux_optimizer.step()
         return {**result, "aux": aux.item(), "skipped": 0.0}
+
+    def forward_and_loss(self, x: torch.Tensor, side: torch.Tensor) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The model's outputs and loss terms on one micro-batch (what [train] compile compiles)."""
+        out = self.model(x, side)
+        return out, self.model.loss(out, x, side, self.cfg.train.lmbda, self.distortion)
+
+    def _training_forward(self, x: torch.Tensor, side: torch.Tensor) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        if self._compiled_step is not None:
+            try:
+                return self._compiled_step(x, side)
+            except Exception as exc:  # torch's compile failures (no compiler, unsupported op) share no base class
+                log.warning(
+                    "[train] compile: torch.compile failed (%s: %s); training goes on without it "
+                    "(set compile = false to skip the attempt, or install a C++ compiler: apt install g++)",
+                    type(exc).__name__,
+                    str(exc).splitlines()[0] if str(exc) else "",
+                )
+                self._compiled_step = None
+        return self.forward_and_loss(x, side)
 
     def _all_reduce_grads(self, stats: list[float]) -> list[float]:
         """Sum the main gradients and `stats` over the processes, in one flat all-reduce.

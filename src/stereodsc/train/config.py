@@ -61,8 +61,8 @@ class TrainSection:
     max_val_pairs: int = 40
     seed: int = 0
     threads: int = 0  # torch intra-op threads; 0 keeps torch's default
-    # torch.compile the training step's forward pass and loss: ~1.5x faster steps on a CPU (intra 0.94 -> 0.59 s,
-    # dsin 2.8 -> 1.9 s at batch 2 of 256x512) after a one-off compile of 2-3 minutes; worth it for long runs.
+    # torch.compile the training step's forward pass and loss: 1.25-1.4x faster steps on a CPU core (intra 0.52 ->
+    # 0.42 s, dsin 1.92 -> 1.36 s at batch 2 of 256x512) after a one-off compile of 2-3 minutes: for long runs.
     # It needs a C++ compiler (CPU) or Triton (GPU): where compiling fails, the run warns and goes on without it.
     compile: bool = False
     # "auto": the first CUDA GPU when torch sees one, else the CPU; "cpu" or "cuda" to insist.

@@ -133,7 +133,12 @@ def test_cameras_survive_a_host_restart(stereo: Path, tmp_path: Path) -> None:
     }
     after = {(r["camera"], r["seq"]) for r in run.host_frames}
     assert after, "the cameras did not reconnect to the restarted host"
-    assert min(seq for _, seq in after) > max(seq for _, seq in before)
+    for cam in (0, 1):
+        # Each camera goes on where it was: nothing the dead host decoded comes again. Per camera: one
+        # that started late (a dependent warming up on a loaded machine) may reach only the new host, at seq 1.
+        seen, resumed = [s for c, s in before if c == cam], [s for c, s in after if c == cam]
+        if seen and resumed:
+            assert min(resumed) > max(seen), f"camera {cam} resent frames the first host had decoded"
     sent = {(cam, r["seq"]) for cam, recs in run.edge_frames.items() for r in recs if r["sent"]}
     dropped_at_camera = sum(not r["sent"] for recs in run.edge_frames.values() for r in recs)
     assert dropped_at_camera > 0, "frames captured while no host was up are dropped and counted at the camera"

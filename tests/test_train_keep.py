@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+from stereodsc.cli import main
 from stereodsc.errors import CheckpointError
 from stereodsc.train.checkpoint import load_checkpoint, model_from_checkpoint
 from stereodsc.train.config import config_from_dict
 from stereodsc.train.loop import train
-from test_train import tiny_config
+from test_train import tiny_config, write_toml
 
 
 def test_a_fresh_clone_resumes_from_the_kept_checkpoint(tmp_path: Path) -> None:
@@ -71,3 +72,32 @@ def test_constants_saved_by_older_checkpoints_are_ignored(tmp_path: Path) -> Non
     torch.save(ckpt, old)
     with pytest.raises(RuntimeError, match="not_a_layer"):  # a key the model does not have still fails
         model_from_checkpoint(old)
+
+
+def test_keep_best_commits_the_best_validated_weights_not_the_latest(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A run that trained on past its best validation (a regression, or a stop between validations)
+    puts its best weights in the committed file with one command; a fresh clone resumes from them."""
+    torch.set_num_threads(1)
+    keep, out = tmp_path / "weights" / "run.pt", tmp_path / "runs" / "run"
+    raw = tiny_config(out, "balle2018", steps=1, keep=str(keep))
+    train(config_from_dict(raw), progress=False)  # validates at step 1: best.pt
+    raw["train"] |= {"steps": 10, "validate_every": 100}
+    train(config_from_dict(raw), resume=True, progress=False, stop_after=2)  # steps 2-3, stopped unvalidated
+    assert load_checkpoint(keep)["step"] == 3
+    config = write_toml(tmp_path / "run.toml", raw)
+
+    assert main(["train", "--config", str(config), "--keep-best"]) == 0
+    assert "step 1" in capsys.readouterr().out
+    best, kept = load_checkpoint(out / "best.pt"), load_checkpoint(keep)
+    assert kept["step"] == 1 and "optimizer" not in kept and kept["best_val"] == best["best_val"]
+    for k, v in best["model_state"].items():
+        assert torch.equal(kept["model_state"][k], v.half() if v.is_floating_point() else v)
+
+    shutil.rmtree(out)  # a fresh clone: only the committed file
+    resumed = train(config_from_dict(raw), resume=True, progress=False, stop_after=1)
+    assert resumed.step == 2  # from the best step, 1
+    shutil.rmtree(out)  # a run that never validated has nothing to keep
+    assert main(["train", "--config", str(config), "--keep-best"]) != 0
+    assert "has not validated yet" in capsys.readouterr().err

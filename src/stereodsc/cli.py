@@ -46,6 +46,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from stereodsc.train.loop import train
 
     cfg = load_config(args.config, init_from=args.init_from)
+    if args.keep_best:
+        from stereodsc.train.loop import keep_best
+
+        kept = keep_best(cfg)
+        print(
+            f"{cfg.train.keep}: the best validated weights of {cfg.train.out}, step {kept['step']} "
+            f"(val loss {kept['best_val']:.4f}); commit it, and --resume on a fresh clone continues from there"
+        )
+        return 0
     # SIGTERM (systemd, a job scheduler, kill) stops like Ctrl-C: a checkpoint first. SIGINT is set
     # explicitly because a shell starts background jobs with it ignored.
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -285,6 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="start from these weights (overrides [train] init_from): a checkpoint file, the name of one in "
         "weights/ (e.g. balle2018_native_l0.05) or a shipped bundle (e.g. native: the weights its codec was "
         "exported from, found in the repository's weights/); ignored when --resume finds a checkpoint of this run",
+    )
+    t.add_argument(
+        "--keep-best",
+        action="store_true",
+        help="write the run's best validated weights ([train] out/best.pt) to [train] keep, compact, and stop: "
+        "the file to commit and export when the latest weights are worse than the best",
     )
     t.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     t.set_defaults(func=cmd_train)

@@ -166,6 +166,18 @@ def _micro_seed(seed: int, step: int, micro: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0])
 
 
+def compact(state: dict[str, Any]) -> dict[str, Any]:
+    """What a fresh clone needs to continue a run from a full checkpoint: the state without the
+    optimisers' moments (which would triple the size), its float weights in float16 (half again: the
+    repository keeps one per rate point), plus the learning rate the schedule had reached."""
+    out = {k: v for k, v in state.items() if k not in ("schema", "optimizer", "aux_optimizer")}
+    out["model_state"] = {
+        k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()
+        for k, v in state["model_state"].items()
+    }
+    return {**out, "lr": state["optimizer"]["param_groups"][0]["lr"]}
+
+
 @dataclass
 class Trainer:
     """Owns the model, optimisers and data of one run; `run()` trains to cfg.train.steps.
@@ -256,16 +268,7 @@ class Trainer:
         return Path(self.cfg.train.keep) if self.cfg.train.keep else None
 
     def compact_state(self) -> dict[str, Any]:
-        """What a fresh clone needs to continue: the state without the optimisers' moments (which
-        would triple the size), its float weights in float16 (half again: the repository keeps one
-        per rate point), plus the learning rate the schedule had reached."""
-        state = self.state()
-        del state["optimizer"], state["aux_optimizer"]
-        state["model_state"] = {
-            k: v.detach().to("cpu", torch.float16) if v.is_floating_point() else v.detach().cpu()
-            for k, v in state["model_state"].items()
-        }
-        return {**state, "lr": self.optimizer.param_groups[0]["lr"]}
+        return compact(self.state())
 
     def save(self, path: Path | None = None) -> None:
         """Write `path`, or the run's latest checkpoint and (with [train] keep) its compact copy; in a
@@ -628,13 +631,14 @@ class Trainer:
         elif val["loss"] > self.best_val * REGRESSION_WARNING and self.dist.is_main:
             log.warning(
                 "validation loss %.4f at step %d is %.0f %% above the run's best, %.4f (%s): the weights regressed; "
-                "export or fine-tune from best.pt rather than latest.pt or [train] keep, or copy it over latest.pt "
-                "and --resume at a lower [train] lr",
+                "export or fine-tune from best.pt rather than latest.pt or [train] keep (`stereodsc train --config %s "
+                "--keep-best` writes it to [train] keep), or copy it over latest.pt and --resume at a lower [train] lr",
                 val["loss"],
                 self.step,
                 100 * (val["loss"] / self.best_val - 1),
                 self.best_val,
                 self.out_dir / "best.pt",
+                self.cfg.source,
             )
 
 
@@ -698,3 +702,29 @@ def train(
     trainer.share_state()
     trainer.run(stop_after)
     return trainer
+
+
+def keep_best(cfg: TrainConfig) -> dict[str, Any]:
+    """Write the run's best validated checkpoint ([train] out/best.pt) to [train] keep, compact, and
+    return it: the file to commit and export when training went on past its best (a regression, or
+    a run stopped between validations); `--resume` on a fresh clone then continues from its step."""
+    from stereodsc.models import build_model
+
+    if not cfg.train.keep:
+        raise ConfigError(f"{cfg.source}: [train] keep is not set; name the compact checkpoint to write there")
+    best_path = Path(cfg.train.out) / "best.pt"
+    if not best_path.is_file():
+        raise CheckpointError(
+            f"{best_path} not found: the run has not validated yet (every [train] validate_every steps); "
+            "train on with --resume first"
+        )
+    best = load_checkpoint(best_path)
+    expected = build_model(cfg.model.name, cfg.model.preset, **cfg.model.options).config
+    if best["model_config"] != expected:
+        raise CheckpointError(
+            f"{best_path} holds {best['model_config']}, {cfg.source} asks for {expected}; "
+            "use the config the run was trained with"
+        )
+    kept = compact(best)
+    save_checkpoint(Path(cfg.train.keep), kept)
+    return kept

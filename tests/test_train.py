@@ -359,6 +359,30 @@ def test_a_checkpoint_written_before_an_option_existed_resumes_and_warm_starts(t
         assert torch.equal(v, fresh.model.state_dict()[k])
 
 
+def test_a_new_si_net_warm_starts_from_the_same_codec_with_another(tmp_path: Path) -> None:
+    """DSIN retrained with a residual SI-Net keeps its trained backbone and SI-Finder; the new SI-Net
+    starts fresh (its zero last layer: exactly the backbone's decode) even where shapes match."""
+    torch.set_num_threads(1)
+    raw = tiny_config(tmp_path / "plain", "dsin", steps=1)
+    raw["model"]["options"] = {**TINY, "si_width": 8, "patch": [16, 16]}
+    plain = train(config_from_dict(raw), progress=False)
+    residual = {**raw["model"], "options": {**raw["model"]["options"], "si_residual": True}}
+    fresh = Trainer(config_from_dict(tiny_config(tmp_path / "residual", "dsin") | {"model": residual}), progress=False)
+    fresh.warm_start(str(plain.latest_path))
+    theirs, ours = plain.model.state_dict(), fresh.model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in ours.items() if not k.startswith("si_net."))
+    x, y = fresh.batch(0)
+    fresh.model.eval()
+    with torch.no_grad():
+        out = fresh.model(x, y)
+    assert torch.equal(out["x_hat"], out["x_dec"])
+    other = {**raw["model"], "options": {**raw["model"]["options"], "max_disparity": 32}}
+    with pytest.raises(CheckpointError, match=r"set \[model\] preset"):  # the edge or the finder differ
+        Trainer(config_from_dict(tiny_config(tmp_path / "o", "dsin") | {"model": other})).warm_start(
+            str(plain.latest_path)
+        )
+
+
 def test_validation_reports_bpp_psnr_msssim(tmp_path: Path) -> None:
     trainer = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
     val = trainer.validate()

@@ -40,6 +40,7 @@ class CompressionModel(nn.Module):
     # Options that only shape the host's graph (not the edge graph, the latents or the wire): the qualities
     # of one exported codec may differ in them (DSIN's SI-Net width and residual form).
     host_only_options: ClassVar[frozenset[str]] = frozenset()
+    host_only_modules: ClassVar[tuple[str, ...]] = ()  # the modules those options shape (state_dict prefixes)
     stride: int
     g_a: nn.Module  # x -> transmitted latent
     prior: FactorizedPrior | ScaleHyperprior  # entropy model(s) of what is transmitted

@@ -329,6 +329,7 @@ class DSIN(BalleModel):
     prior_name = "balle2017"
     uses_side_info = True
     host_only_options = frozenset({"si_width", "si_residual"})
+    host_only_modules = ("si_net.",)
 
     def __init__(
         self,

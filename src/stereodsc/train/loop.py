@@ -357,14 +357,24 @@ class Trainer:
         """
         ckpt = load_checkpoint(path)
         if ckpt["model"] == self.model.name:
-            if ckpt["model_config"] != self.model.config:
+            theirs, own_config = ckpt["model_config"], self.model.config
+            differ = {k for k in theirs.keys() | own_config.keys() if theirs.get(k) != own_config.get(k)}
+            if not differ:
+                load_weights(self.model, ckpt["model_state"])
+                log.info(
+                    "warm start from %s: the whole %s model (step %s of its run)", path, ckpt["model"], ckpt["step"]
+                )
+                return
+            if not differ <= self.model.host_only_options:
                 raise CheckpointError(
-                    f"init_from {path} holds {ckpt['model_config']}, the config asks for {self.model.config}: "
+                    f"init_from {path} holds {theirs}, the config asks for {own_config}: "
                     "set [model] preset and [model.options] to the checkpoint's to fine-tune it"
                 )
-            load_weights(self.model, ckpt["model_state"])
-            log.info("warm start from %s: the whole %s model (step %s of its run)", path, ckpt["model"], ckpt["step"])
-            return
+            # Only host-side parts differ (DSIN's SI-Net width or form): the rest loads, they start fresh
+            # (a residual SI-Net must start at zero even where a tensor's shape happens to match).
+            ckpt["model_state"] = {
+                k: v for k, v in ckpt["model_state"].items() if not k.startswith(self.model.host_only_modules)
+            }
         own = self.model.state_dict()
         shared: dict[str, torch.Tensor] = {}
         grown: list[str] = []

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -227,20 +228,47 @@ def test_a_compiled_training_step_computes_what_the_eager_one_does(
     assert max(float((a[k] - b[k]).abs().max()) for k in a if a[k].is_floating_point()) < 1e-2
 
 
+class _BackwardFails(torch.autograd.Function):
+    """Identity whose backward raises, as a backward pass that torch cannot compile does."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("InductorError: CppCompileError: C++ compile error (backward)")
+
+
+def _no_compiler(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def fails(*args: object) -> object:
+        raise RuntimeError("InductorError: CppCompileError: C++ compile error")
+
+    return fails
+
+
+def _backward_does_not_compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def forward_only(*args: Any) -> Any:
+        out, terms = fn(*args)
+        return out, {**terms, "loss": _BackwardFails.apply(terms["loss"])}
+
+    return forward_only
+
+
+@pytest.mark.parametrize("failing", [_no_compiler, _backward_does_not_compile])
 def test_where_compiling_fails_training_goes_on_eagerly(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    failing: Callable[..., Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    def no_compiler(fn: object) -> object:
-        def fails(*args: object) -> object:
-            raise RuntimeError("InductorError: CppCompileError: C++ compile error")
-
-        return fails
-
-    monkeypatch.setattr(torch, "compile", no_compiler)
+    """The run logs once and trains on eagerly, with the same noise and weights as an eager run."""
+    torch.set_num_threads(1)
+    eager = train(config_from_dict(tiny_config(tmp_path / "eager")), progress=False)
+    monkeypatch.setattr(torch, "compile", failing)
     with caplog.at_level(logging.WARNING, logger="stereodsc.train.loop"):
-        trainer = train(config_from_dict(tiny_config(tmp_path, compile=True)), progress=False)
+        trainer = train(config_from_dict(tiny_config(tmp_path / "run", compile=True)), progress=False)
     assert trainer.step == 2 and trainer._compiled_step is None
     assert caplog.text.count("torch.compile failed") == 1 and "compile = false" in caplog.text
+    for k, v in eager.model.state_dict().items():
+        assert torch.equal(v, trainer.model.state_dict()[k]), f"{k} differs from the eager run's"
 
 
 def test_existing_run_requires_resume(tmp_path: Path) -> None:

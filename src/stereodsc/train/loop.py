@@ -442,9 +442,7 @@ class Trainer:
         sums = [0.0, 0.0, 0.0]
         for start in range(self.shard.start, self.shard.stop, self.micro_batch):
             x, side = (v.to(self.dist.device) for v in self.batch(step, range(start, start + self.micro_batch)))
-            torch.manual_seed(_micro_seed(t.seed, step, start // self.micro_batch))
-            out, terms = self._training_forward(x, side)
-            (terms["loss"] * share).backward()
+            out, terms = self._forward_backward(x, side, _micro_seed(t.seed, step, start // self.micro_batch), share)
             for i, value in enumerate((terms["loss"].item(), terms["bpp"].item(), psnr(out["x_hat"], x))):
                 sums[i] += share * value
         stats = [*sums, float(self.signals is not None and self.signals.requested)]
@@ -471,10 +469,19 @@ class Trainer:
         out = self.model(x, side)
         return out, self.model.loss(out, x, side, self.cfg.train.lmbda, self.distortion)
 
-    def _training_forward(self, x: torch.Tensor, side: torch.Tensor) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    def _forward_backward(
+        self, x: torch.Tensor, side: torch.Tensor, seed: int, share: float
+    ) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """One micro-batch's outputs and loss terms, its gradient (weighted by `share`) accumulated;
+        compiled where [train] compile asks for it, eager from the first failure to compile on (the
+        forward pass or the backward one, which torch compiles at its first call). The torch RNG
+        (quantisation noise) is seeded with `seed` before the pass that counts."""
         if self._compiled_step is not None:
+            torch.manual_seed(seed)
             try:
-                return self._compiled_step(x, side)
+                out, terms = self._compiled_step(x, side)
+                (terms["loss"] * share).backward()
+                return out, terms
             except Exception as exc:  # torch's compile failures (no compiler, unsupported op) share no base class
                 log.warning(
                     "[train] compile: torch.compile failed (%s: %s); training goes on without it "
@@ -483,7 +490,10 @@ class Trainer:
                     str(exc).splitlines()[0] if str(exc) else "",
                 )
                 self._compiled_step = None
-        return self.forward_and_loss(x, side)
+        torch.manual_seed(seed)
+        out, terms = self.forward_and_loss(x, side)
+        (terms["loss"] * share).backward()
+        return out, terms
 
     def _all_reduce_grads(self, stats: list[float]) -> list[float]:
         """Sum the main gradients and `stats` over the processes, in one flat all-reduce.

@@ -276,6 +276,17 @@ def test_qualities_of_one_codec_may_differ_in_host_only_options(tmp_path: Path) 
         {"si_residual": True, "si_width": 8},
     ]
     assert all(q["parity"] for q in codec["qualities"])
+    narrow, wide_decoder = tmp_path / "narrow.pt", tmp_path / "wide_decoder.pt"
+    minimal = {"encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}
+    write_checkpoint(narrow, "balle2018", minimal, 0.002, 8)
+    write_checkpoint(wide_decoder, "balle2018", {**minimal, "N": 16}, 0.01, 9)  # a wider host decoder on top
+    export_bundle(
+        [narrow, wide_decoder], tmp_path / "d", sample_images=[sample_pair()], sizes=SMALL_SIZES, progress=False
+    )
+    codec = json.loads((tmp_path / "d" / MANIFEST).read_text())["codecs"]["intra"]
+    assert "N" not in codec["model_config"]
+    assert [q["host_options"] for q in codec["qualities"]] == [{"N": 8}, {"N": 16}]
+    assert all(q["parity"] for q in codec["qualities"])
     other = tmp_path / "other.pt"
     write_checkpoint(other, "dsin", {"max_row_offset": 4}, 0.05, 7)  # the band the edge frames rely on
     with pytest.raises(ConfigError, match=r"share one model config.*\['max_row_offset'\]"):

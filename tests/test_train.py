@@ -207,15 +207,15 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path: Path) -> None:
     not any(shutil.which(c) for c in ("g++", "c++", "clang++")),
     reason="torch.compile on a CPU needs a C++ compiler (apt install g++); the fallback test covers its absence",
 )
-def test_a_compiled_training_step_computes_what_the_eager_one_does(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_compiled_training_step_computes_what_the_eager_one_does(tmp_path: Path) -> None:
     import torch._inductor.config as inductor_config
 
-    monkeypatch.setattr(inductor_config, "fallback_random", True)  # the eager RNG: the same quantisation noise
     torch.set_num_threads(1)
     eager = train(config_from_dict(tiny_config(tmp_path / "eager")), progress=False)
-    compiled = train(config_from_dict(tiny_config(tmp_path / "compiled", compile=True)), progress=False)
+    # The eager RNG, for the same quantisation noise. Not monkeypatch: its undo deletes the setting,
+    # which torch's config module takes as "hide it", and torch.export (ONNX export) then fails.
+    with inductor_config.patch(fallback_random=True):
+        compiled = train(config_from_dict(tiny_config(tmp_path / "compiled", compile=True)), progress=False)
     assert compiled._compiled_step is not None  # it really ran compiled, not the fallback
 
     def train_losses(run: str) -> list[float]:
@@ -409,6 +409,31 @@ def test_a_new_si_net_warm_starts_from_the_same_codec_with_another(tmp_path: Pat
         Trainer(config_from_dict(tiny_config(tmp_path / "o", "dsin") | {"model": other})).warm_start(
             str(plain.latest_path)
         )
+
+
+def test_a_wider_host_decoder_starts_as_the_narrow_one_and_learns(tmp_path: Path) -> None:
+    """With the camera's minimal encoder, N is the host decoder's width alone: a quality may grow it.
+    Warm-started from the narrow model, the wide one decodes what it did, and its new channels learn
+    (zeros on both sides of a new unit would give them no gradient)."""
+    torch.set_num_threads(1)
+    options = {"N": 8, "M": 8, "encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}
+    raw = tiny_config(tmp_path / "narrow", "balle2018", steps=1)
+    raw["model"]["options"] = options
+    narrow = train(config_from_dict(raw), progress=False)
+    model = {**raw["model"], "options": {**options, "N": 16}}
+    wide = Trainer(config_from_dict(tiny_config(tmp_path / "wide", "balle2018") | {"model": model}), progress=False)
+    assert wide.model.host_only_options == {"N"}
+    wide.warm_start(str(narrow.latest_path))
+    theirs = narrow.model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in wide.model.state_dict().items() if not k.startswith("g_s."))
+    x, _ = wide.batch(0)
+    narrow.model.eval(), wide.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(wide.model(x)["x_hat"], narrow.model(x)["x_hat"], atol=1e-5)
+    wide.forward_and_loss(x, x)[1]["loss"].backward()
+    second = wide.model.g_s[1][0].weight  # ConvTranspose2d: (in, out, k, k); rows 8: are the new inputs
+    assert torch.equal(second.detach()[8:, :8], torch.zeros_like(second[8:, :8]))
+    assert second.grad is not None and second.grad[8:, :8].abs().sum() > 0
 
 
 def test_validation_reports_bpp_psnr_msssim(tmp_path: Path) -> None:

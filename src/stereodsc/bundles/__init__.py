@@ -67,17 +67,19 @@ def describe(folder: Path, verify: bool = False) -> str:
         raw = bundle.manifest["codecs"][role]
         cfg = codec.model_config
         lines.append(
-            f"  {role:9s} {codec.model} (N={cfg.get('N')}, M={cfg.get('M')}), {raw.get('weights', 'float32')} "
+            f"  {role:9s} {codec.model} (N={cfg.get('N', 'per quality')}, M={cfg.get('M')}), "
+            f"{raw.get('weights', 'float32')} "
             f"weights, graphs {'/'.join(raw['shapes'].values())}, sizes {', '.join(raw['sizes'])}"
         )
-        for q in codec.qualities:
+        for q, raw_q in zip(codec.qualities, raw["qualities"], strict=True):
             m = q.metrics
             card = (
                 f"bpp {m['bpp']:.3f}, PSNR {m['psnr']:.2f} dB, MS-SSIM {m['ms_ssim']:.3f}"
                 if "bpp" in m
                 else "no metrics"
             )
-            lines.append(f"    q{q.index}  lambda {q.lmbda:<7g} {card}")
+            host = ", ".join(f"{k}={v}" for k, v in sorted(raw_q.get("host_options", {}).items()))
+            lines.append(f"    q{q.index}  lambda {q.lmbda:<7g} {card}" + (f"; host graph: {host}" if host else ""))
     return "\n".join(lines)
 
 

@@ -71,6 +71,9 @@ class BalleModel(CompressionModel):
         self.g_a = g_a
         self.prior = prior
         self.g_s = synthesis_transform((M, N, N, N), N)
+        if encoder == "minimal" and hyper_channels is not None:
+            # N is then the decoder's width alone: the host may grow it (one codec's qualities may differ)
+            self.host_only_options = self.host_only_options | {"N"}
 
     def code(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """x -> (decoded image, likelihoods of the transmitted latents)."""

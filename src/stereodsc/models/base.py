@@ -39,8 +39,9 @@ class CompressionModel(nn.Module):
     uses_side_info: ClassVar[bool] = False
     # Options that only shape the host's graph (not the edge graph, the latents or the wire): the qualities
     # of one exported codec may differ in them (DSIN's SI-Net width and residual form).
-    host_only_options: ClassVar[frozenset[str]] = frozenset()
-    host_only_modules: ClassVar[tuple[str, ...]] = ()  # the modules those options shape (state_dict prefixes)
+    host_only_options: frozenset[str] = frozenset()
+    # host-only option -> the module (state_dict prefix) that starts fresh when a warm start changes it
+    fresh_modules: ClassVar[dict[str, str]] = {}
     stride: int
     g_a: nn.Module  # x -> transmitted latent
     prior: FactorizedPrior | ScaleHyperprior  # entropy model(s) of what is transmitted

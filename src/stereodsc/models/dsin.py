@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -329,7 +329,7 @@ class DSIN(BalleModel):
     prior_name = "balle2017"
     uses_side_info = True
     host_only_options = frozenset({"si_width", "si_residual"})
-    host_only_modules = ("si_net.",)
+    fresh_modules: ClassVar[dict[str, str]] = {"si_width": "si_net.", "si_residual": "si_net."}
 
     def __init__(
         self,

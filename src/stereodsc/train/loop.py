@@ -23,10 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from stereodsc.errors import CheckpointError, ConfigError, StereoDSCError, TrainingDivergedError
 from stereodsc.eval.metrics import ms_ssim_min_side
 from stereodsc.models.base import CompressionModel, bits
+from stereodsc.models.layers import GDN
 from stereodsc.sample import drive_path
 
 from .checkpoint import load_checkpoint, load_weights, rng_state, save_checkpoint, set_rng_state
@@ -145,11 +147,37 @@ def validation_fingerprint(pairs: list[Pair], side_codecs: list[str]) -> str:
 
 
 def _grew_channels(old: torch.Size, new: torch.Size) -> bool:
-    """A weight that only gained channels (dims 0-1; kernels and other dims unchanged): zero-padding
-    it keeps the old function when the new channels are inputs from new modules."""
+    """A tensor that only gained channels (dims 0-1; kernels and other dims unchanged)."""
     return (
-        len(old) == len(new) >= 2 and old[2:] == new[2:] and all(a <= b for a, b in zip(old[:2], new[:2], strict=True))
+        len(old) == len(new) >= 1 and old[2:] == new[2:] and all(a <= b for a, b in zip(old[:2], new[:2], strict=True))
     )
+
+
+def _channel_dims(module: nn.Module, param: str) -> tuple[int, int | None] | None:
+    """(output-channel dim, input-channel dim or None) of a layer's parameter; None for other kinds."""
+    if isinstance(module, nn.ConvTranspose2d):
+        return (1, 0) if param == "weight" else (0, None)
+    if isinstance(module, nn.Conv2d | nn.Linear):
+        return (0, 1) if param == "weight" else (0, None)
+    if isinstance(module, GDN):
+        return (0, 1) if param == "gamma" else (0, None)
+    return None
+
+
+def _grown(old: torch.Tensor, fresh: torch.Tensor, dims: tuple[int, int | None] | None) -> torch.Tensor:
+    """A grown layer's tensor that computes exactly what the old one did and can learn from there:
+    the old values in the leading slice, zeros where a new input channel feeds an old output channel,
+    and the new model's initial values for the new output channels (their units start as a fresh
+    layer's would; zeros on both sides of a new unit would leave it without a gradient). A tensor of
+    an unknown kind of layer gets zeros in all its new part."""
+    grown = fresh.clone() if dims is not None else torch.zeros_like(fresh)
+    grown[tuple(slice(0, n) for n in old.shape)] = old
+    if dims is not None and (in_dim := dims[1]) is not None:
+        out_dim = dims[0]
+        index = [slice(None)] * grown.dim()
+        index[out_dim], index[in_dim] = slice(0, old.shape[out_dim]), slice(old.shape[in_dim], None)
+        grown[tuple(index)] = 0
+    return grown
 
 
 # A validation loss this many times the run's best is logged as a regression (the intra codec's top point
@@ -352,8 +380,10 @@ class Trainer:
         whose name and shape match (ndic_cam from ndic: all but the cross-attention modules; dsin
         from balle2017: all but the SI-Net), so the new parts train from a converged backbone. A
         tensor of the same name that grew (ndic_cam's decoder layers also take the cross-attention
-        output as extra input channels) gets the old values in its leading slice and zeros in the
-        rest: the new model starts computing exactly what the old one did, and learns from there.
+        output as extra input channels; a wider host decoder, [model.options] N, has more channels)
+        gets the old values in its leading slice (`_grown`): the new model starts computing exactly
+        what the old one did, and learns from there. The same model with other host-only options
+        loads this way too; the modules those options reshape start fresh (`fresh_modules`).
         """
         ckpt = load_checkpoint(path)
         if ckpt["model"] == self.model.name:
@@ -370,11 +400,11 @@ class Trainer:
                     f"init_from {path} holds {theirs}, the config asks for {own_config}: "
                     "set [model] preset and [model.options] to the checkpoint's to fine-tune it"
                 )
-            # Only host-side parts differ (DSIN's SI-Net width or form): the rest loads, they start fresh
-            # (a residual SI-Net must start at zero even where a tensor's shape happens to match).
-            ckpt["model_state"] = {
-                k: v for k, v in ckpt["model_state"].items() if not k.startswith(self.model.host_only_modules)
-            }
+            # Only host-side parts differ: a wider decoder grows (below); a module whose form changed (DSIN's
+            # SI-Net width or residual form) starts fresh, even where a tensor's shape happens to match (a
+            # residual SI-Net must start at zero).
+            fresh_modules = tuple(self.model.fresh_modules[o] for o in differ if o in self.model.fresh_modules)
+            ckpt["model_state"] = {k: v for k, v in ckpt["model_state"].items() if not k.startswith(fresh_modules)}
         own = self.model.state_dict()
         shared: dict[str, torch.Tensor] = {}
         grown: list[str] = []
@@ -384,9 +414,8 @@ class Trainer:
             if own[k].shape == v.shape:
                 shared[k] = v
             elif _grew_channels(v.shape, own[k].shape):
-                padded = torch.zeros_like(own[k])
-                padded[tuple(slice(0, n) for n in v.shape)] = v
-                shared[k] = padded
+                module, _, param = k.rpartition(".")
+                shared[k] = _grown(v, own[k], _channel_dims(self.model.get_submodule(module), param))
                 grown.append(k)
         if not shared:
             raise CheckpointError(
@@ -396,7 +425,7 @@ class Trainer:
         self.model.load_state_dict(shared, strict=False)
         fresh = sum(v.numel() for k, v in own.items() if k not in shared)
         log.info(
-            "warm start from %s (%s): %d of %d tensors loaded (zero-padded: %s), %d parameters start fresh",
+            "warm start from %s (%s): %d of %d tensors loaded (grown: %s), %d parameters start fresh",
             path,
             ckpt["model"],
             len(shared),

@@ -13,6 +13,7 @@ from stereodsc.train.config import config_from_dict
 
 REPO = Path(__file__).resolve().parents[1]
 NATIVE = sorted((REPO / "configs").glob("*_native_*.toml"))
+EXPERIMENTS = sorted((REPO / "configs" / "experiments").glob("*.toml"))  # runs outside `make native-weights`
 
 
 def test_there_are_six_to_eight_rate_points_per_native_codec() -> None:
@@ -21,7 +22,7 @@ def test_there_are_six_to_eight_rate_points_per_native_codec() -> None:
         assert 6 <= len(lambdas) <= 8 and min(lambdas) <= 1e-4 and max(lambdas) >= 0.05, model
 
 
-@pytest.mark.parametrize("path", NATIVE, ids=[p.stem for p in NATIVE])
+@pytest.mark.parametrize("path", NATIVE + EXPERIMENTS, ids=[p.stem for p in NATIVE + EXPERIMENTS])
 def test_native_config_is_valid_and_resumable_from_the_repository(path: Path, tmp_path: Path) -> None:
     raw = load_toml(path)
     keeps = {load_toml(p)["train"]["keep"] for p in NATIVE}

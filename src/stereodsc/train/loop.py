@@ -194,6 +194,17 @@ def _micro_seed(seed: int, step: int, micro: int) -> int:
     return int(np.random.SeedSequence([seed, step, micro]).generate_state(1)[0])
 
 
+def _load_run_checkpoint(path: Path, model_config: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint of this run: its model must be the one the config builds."""
+    ckpt = load_checkpoint(path)
+    if ckpt["model_config"] != model_config:
+        raise CheckpointError(
+            f"{path} holds {ckpt['model_config']}, the config asks for "
+            f"{model_config}; use another [train] out / keep or the original config"
+        )
+    return ckpt
+
+
 def compact(state: dict[str, Any]) -> dict[str, Any]:
     """What a fresh clone needs to continue a run from a full checkpoint: the state without the
     optimisers' moments (which would triple the size), its float weights in float16 (half again: the
@@ -295,9 +306,6 @@ class Trainer:
         """The compact checkpoint kept in the repository ([train] keep), if the config names one."""
         return Path(self.cfg.train.keep) if self.cfg.train.keep else None
 
-    def compact_state(self) -> dict[str, Any]:
-        return compact(self.state())
-
     def save(self, path: Path | None = None) -> None:
         """Write `path`, or the run's latest checkpoint and (with [train] keep) its compact copy; in a
         torchrun job rank 0 writes and every process waits until it has."""
@@ -307,16 +315,11 @@ class Trainer:
             else:
                 save_checkpoint(self.latest_path, self.state())
                 if self.keep_path is not None:
-                    save_checkpoint(self.keep_path, self.compact_state())
+                    save_checkpoint(self.keep_path, compact(self.state()))
         self.dist.barrier()
 
     def _load(self, path: Path) -> dict[str, Any]:
-        ckpt = load_checkpoint(path)
-        if ckpt["model_config"] != self.model.config:
-            raise CheckpointError(
-                f"{path} holds {ckpt['model_config']}, the config asks for "
-                f"{self.model.config}; use another [train] out / keep or the original config"
-            )
+        ckpt = _load_run_checkpoint(path, self.model.config)
         self._apply(ckpt)
         return ckpt
 
@@ -505,12 +508,16 @@ class Trainer:
         compiled where [train] compile asks for it, eager from the first failure to compile on (the
         forward pass or the backward one, which torch compiles at its first call). The torch RNG
         (quantisation noise) is seeded with `seed` before the pass that counts."""
-        if self._compiled_step is not None:
+
+        def one_pass(step: Callable[..., Any]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
             torch.manual_seed(seed)
+            out, terms = step(x, side)
+            (terms["loss"] * share).backward()
+            return out, terms
+
+        if self._compiled_step is not None:
             try:
-                out, terms = self._compiled_step(x, side)
-                (terms["loss"] * share).backward()
-                return out, terms
+                return one_pass(self._compiled_step)
             except Exception as exc:  # torch's compile failures (no compiler, unsupported op) share no base class
                 log.warning(
                     "[train] compile: torch.compile failed (%s: %s); training goes on without it "
@@ -519,10 +526,7 @@ class Trainer:
                     str(exc).splitlines()[0] if str(exc) else "",
                 )
                 self._compiled_step = None
-        torch.manual_seed(seed)
-        out, terms = self.forward_and_loss(x, side)
-        (terms["loss"] * share).backward()
-        return out, terms
+        return one_pass(self.forward_and_loss)
 
     def _all_reduce_grads(self, stats: list[float]) -> list[float]:
         """Sum the main gradients and `stats` over the processes, in one flat all-reduce.
@@ -767,13 +771,7 @@ def keep_best(cfg: TrainConfig) -> dict[str, Any]:
             f"{best_path} not found: the run has not validated yet (every [train] validate_every steps); "
             "train on with --resume first"
         )
-    best = load_checkpoint(best_path)
-    expected = build_model(cfg.model.name, cfg.model.preset, **cfg.model.options).config
-    if best["model_config"] != expected:
-        raise CheckpointError(
-            f"{best_path} holds {best['model_config']}, {cfg.source} asks for {expected}; "
-            "use the config the run was trained with"
-        )
-    kept = compact(best)
+    model_config = build_model(cfg.model.name, cfg.model.preset, **cfg.model.options).config
+    kept = compact(_load_run_checkpoint(best_path, model_config))
     save_checkpoint(Path(cfg.train.keep), kept)
     return kept

@@ -73,14 +73,27 @@ def machine() -> dict[str, Any]:
     try:
         smi = subprocess.run(
             ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,compute_cap", "--format=csv,noheader"],
-            capture_output=True, text=True, timeout=30, check=True,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
         )
         info["nvidia_smi"] = smi.stdout.strip().splitlines()
     except (OSError, subprocess.SubprocessError) as e:
         info["nvidia_smi"] = f"unavailable: {e}"
     info["packages"] = installed(
-        "stereodsc", "numpy", "onnxruntime", "onnxruntime-gpu", "tensorrt", "tensorrt-cu12", "tensorrt-cu13",
-        "tensorrt-cu12-libs", "tensorrt-cu13-libs", "cuda-python", "cuda-bindings", "numba",
+        "stereodsc",
+        "numpy",
+        "onnxruntime",
+        "onnxruntime-gpu",
+        "tensorrt",
+        "tensorrt-cu12",
+        "tensorrt-cu13",
+        "tensorrt-cu12-libs",
+        "tensorrt-cu13-libs",
+        "cuda-python",
+        "cuda-bindings",
+        "numba",
     )
     try:
         import onnxruntime
@@ -157,7 +170,9 @@ class Smoke:
         dep_image = decoder.decode(dep_frame, ref_image).image
         n = max(1, self.n // 4)  # the CPU is only the yardstick
         return {
-            "images": (left, right), "symbols": (ref.symbols, dep.symbols), "frames": (ref_frame, dep_frame),
+            "images": (left, right),
+            "symbols": (ref.symbols, dep.symbols),
+            "frames": (ref_frame, dep_frame),
             "decoded": (ref_image, dep_image),
             "report": {
                 "payload_bytes": [ref.payload_bytes, dep.payload_bytes],
@@ -172,8 +187,11 @@ class Smoke:
         for i, (role, image) in enumerate(zip(("intra", "side_info"), cpu["images"], strict=True)):
             encoded = self.encoder_cls(self.bundle, role, QUALITY, backend).encode(image)
             diff = np.abs(encoded.symbols.astype(np.int64) - cpu["symbols"][i])
-            result[f"edge_{role}"] = {"symbols_differing": int((diff > 0).sum()), "symbols": int(diff.size),
-                                      "max_abs_diff": int(diff.max())}
+            result[f"edge_{role}"] = {
+                "symbols_differing": int((diff > 0).sum()),
+                "symbols": int(diff.size),
+                "max_abs_diff": int(diff.max()),
+            }
         ref_frame, dep_frame = cpu["frames"]
         ref_cpu, dep_cpu = cpu["decoded"]
         start = time.perf_counter()
@@ -184,8 +202,10 @@ class Smoke:
         dep_image = decoder.decode(dep_frame, ref_cpu).image
         result["first_dependent_frame_s"] = round(time.perf_counter() - start, 2)
         for name, got, want in (("reference", ref_image, ref_cpu), ("dependent", dep_image, dep_cpu)):
-            result[f"host_{name}_vs_cpu"] = {"max_abs_diff": int(np.abs(got.astype(int) - want).max()),
-                                             "psnr_db": psnr(got, want)}
+            result[f"host_{name}_vs_cpu"] = {
+                "max_abs_diff": int(np.abs(got.astype(int) - want).max()),
+                "psnr_db": psnr(got, want),
+            }
         result["decode_ms_reference"] = median_ms(lambda: decoder.decode(ref_frame), self.n)
         result["decode_ms_dependent"] = median_ms(lambda: decoder.decode(dep_frame, ref_cpu), self.n)
         return result
@@ -245,8 +265,11 @@ def second_start(backend: str, out: Path) -> None:
         smoke.decoder_cls(smoke.bundle, backend).decode(ref_frame)
         result[f"first_reference_frame_s_{size[0]}x{size[1]}"] = round(time.perf_counter() - start, 2)
     after = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    result |= {"engines_built": counter.built, "engines_loaded": counter.loaded,
-               "new_cache_files": sorted(set(after) - set(before))}
+    result |= {
+        "engines_built": counter.built,
+        "engines_loaded": counter.loaded,
+        "new_cache_files": sorted(set(after) - set(before)),
+    }
     out.write_text(json.dumps(result))
 
 

@@ -72,8 +72,12 @@ def _install_standins(monkeypatch: pytest.MonkeyPatch, cudart: StandinCudart, ve
     bindings = types.ModuleType("cuda.bindings")
     bindings.runtime = counting  # type: ignore[attr-defined]
     cuda.bindings = bindings  # type: ignore[attr-defined]
-    for name, module in (("tensorrt", trt), ("cuda", cuda), ("cuda.bindings", bindings),
-                         ("cuda.bindings.runtime", counting)):
+    for name, module in (
+        ("tensorrt", trt),
+        ("cuda", cuda),
+        ("cuda.bindings", bindings),
+        ("cuda.bindings.runtime", counting),
+    ):
         monkeypatch.setitem(sys.modules, name, module)
     return Gpu(counting, trt, standin=True)
 
@@ -185,8 +189,9 @@ def test_one_engine_per_shape_and_buffers_reused(gpu: Gpu, tmp_path: Path, caplo
         assert not any(b["tf32"] for b in gpu.trt.builds)  # integer outputs: TF32 cleared
 
 
-def test_new_size_builds_its_own_engine_with_a_warning(gpu: Gpu, tmp_path: Path,
-                                                       caplog: pytest.LogCaptureFixture) -> None:
+def test_new_size_builds_its_own_engine_with_a_warning(
+    gpu: Gpu, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, "stereodsc.runtime")
     with TensorRTSession(EDGE, tmp_path, KEY, input_shapes=[{"image": SMALL}]) as session:
         image = _image(WIDE)
@@ -209,8 +214,9 @@ def test_cached_plan_is_reused_after_a_restart(gpu: Gpu, tmp_path: Path, caplog:
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage", "empty"])
-def test_corrupt_plan_is_rebuilt_and_logged(gpu: Gpu, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                             damage: str) -> None:
+def test_corrupt_plan_is_rebuilt_and_logged(
+    gpu: Gpu, tmp_path: Path, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
     with TensorRTSession(EDGE, tmp_path, KEY, input_shapes=[{"image": SMALL}]) as session:
         plan = session.plan_paths[0]
     good = plan.read_bytes()
@@ -296,8 +302,9 @@ def test_prepare_builds_every_camera_size_at_start_up(gpu: Gpu, tmp_path: Path) 
         session.close()
 
 
-def test_tensorrt_11_plans_are_kept_apart_from_10(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
-                                                   caplog: pytest.LogCaptureFixture) -> None:
+def test_tensorrt_11_plans_are_kept_apart_from_10(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.INFO, "stereodsc.runtime")
     cudart = StandinCudart()
     _install_standins(monkeypatch, cudart, "10.16.1.11")
@@ -334,8 +341,12 @@ WANTED = {"cuda": "CUDAExecutionProvider", "tensorrt-ep": "TensorrtExecutionProv
 GPU_PROVIDERS = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-def _standin_ort(monkeypatch: pytest.MonkeyPatch, version: str = "1.26.0", available: list[str] | None = None,
-                 runs_on: list[str] | None = None) -> StandinOrt:
+def _standin_ort(
+    monkeypatch: pytest.MonkeyPatch,
+    version: str = "1.26.0",
+    available: list[str] | None = None,
+    runs_on: list[str] | None = None,
+) -> StandinOrt:
     ort = StandinOrt(version, GPU_PROVIDERS if available is None else available, runs_on)
     monkeypatch.setitem(sys.modules, "onnxruntime", ort)
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # the TensorRT EP's library preload finds none
@@ -351,8 +362,9 @@ def test_silent_cpu_fallback_is_refused(monkeypatch: pytest.MonkeyPatch, backend
 
 
 @pytest.mark.parametrize("backend", ["cuda", "tensorrt-ep"])
-def test_fallback_cpu_is_loud_and_reported(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture,
-                                           backend: str) -> None:
+def test_fallback_cpu_is_loud_and_reported(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, backend: str
+) -> None:
     _standin_ort(monkeypatch, runs_on=["CPUExecutionProvider"])
     session = open_session(EDGE, backend, fallback="cpu")
     assert session.fell_back and session.providers == ["CPUExecutionProvider"] and session.backend == backend

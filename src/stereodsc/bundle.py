@@ -112,6 +112,7 @@ class QualityPoint:
     def host(self) -> Graph:
         return self.graphs["host"]
 
+
 @dataclass(frozen=True)
 class Latent:
     """A transmitted latent: one wire segment, ``channels`` x (H / stride) x (W / stride) symbols.
@@ -151,6 +152,7 @@ class Codec:
         return {
             lat.name: (lat.channels, padded_height // lat.stride, padded_width // lat.stride) for lat in self.latents
         }
+
 
 @dataclass(frozen=True)
 class Bundle:

@@ -57,12 +57,12 @@ def bpp(num_bytes: int, height: int, width: int) -> float:
 
 
 def format_size(size: Size) -> str:
-    """"HxW", the way every message and option of the package writes a size."""
+    """ "HxW", the way every message and option of the package writes a size."""
     return f"{size[0]}x{size[1]}"
 
 
 def parse_size(text: str, what: str = "size") -> Size:
-    """"HxW" (e.g. "375x1242") -> (height, width); a ConfigError that shows the form otherwise."""
+    """ "HxW" (e.g. "375x1242") -> (height, width); a ConfigError that shows the form otherwise."""
     try:
         h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:

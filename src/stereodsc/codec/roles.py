@@ -1,8 +1,8 @@
 """The two codec roles of a rig, with the spelling each layer uses for them, derived in one place.
 
-    CodecRole      bundle / CLI ("intra", "side_info")   wire (Role)     camera config ("reference", "dependent")
-    INTRA          intra: no side information             REFERENCE       reference: its frame is the side image
-    SIDE_INFO      side_info: decoded with the side image DEPENDENT       dependent: every other camera
+CodecRole      bundle / CLI ("intra", "side_info")   wire (Role)     camera config ("reference", "dependent")
+INTRA          intra: no side information             REFERENCE       reference: its frame is the side image
+SIDE_INFO      side_info: decoded with the side image DEPENDENT       dependent: every other camera
 """
 
 from __future__ import annotations

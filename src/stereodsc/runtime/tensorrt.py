@@ -270,8 +270,12 @@ class TensorRTSession:
         engine = self._load(path)
         if engine is None:
             ensure_writable(self.cache_dir, "TensorRT engine cache")  # before minutes of build, not after
-            log.info("building the TensorRT engine of %s for %s (one-off, cached as %s)", self.onnx_path.name,
-                     _describe(profile), path.name)
+            log.info(
+                "building the TensorRT engine of %s for %s (one-off, cached as %s)",
+                self.onnx_path.name,
+                _describe(profile),
+                path.name,
+            )
             start = time.perf_counter()
             plan = build_engine(self.onnx_path, profile)
             atomic_write(path, plan)
@@ -294,8 +298,11 @@ class TensorRTSession:
             log.warning("cached TensorRT engine %s is unreadable (%s); rebuilding it", path, e)
             return None
         if engine is None:
-            log.warning("cached TensorRT engine %s does not load (corrupt, truncated, or written by another "
-                        "TensorRT build); rebuilding it", path)
+            log.warning(
+                "cached TensorRT engine %s does not load (corrupt, truncated, or written by another "
+                "TensorRT build); rebuilding it",
+                path,
+            )
         else:
             log.info("loaded the cached TensorRT engine %s", path.name)
         return engine
@@ -308,9 +315,12 @@ class TensorRTSession:
         for held in self._engines:
             if _covers(held.profile, shapes):
                 return held
-        log.warning("no TensorRT engine of %s for %s yet: building one now, inside the decode loop; build it at "
-                    "start-up instead (runtime.prepare / warm_up with the camera sizes)", self.onnx_path.name,
-                    _describe(fixed))
+        log.warning(
+            "no TensorRT engine of %s for %s yet: building one now, inside the decode loop; build it at "
+            "start-up instead (runtime.prepare / warm_up with the camera sizes)",
+            self.onnx_path.name,
+            _describe(fixed),
+        )
         return self._engine_for(fixed)
 
     def _bind(self, held: _Engine, shapes: Mapping[str, Shape]) -> _Buffers:
@@ -364,8 +374,11 @@ class TensorRTSession:
         cudart, stream = self._cudart, self._stream
         to_device, to_host = cudart.cudaMemcpyKind.cudaMemcpyHostToDevice, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost
         for name, array in arrays.items():
-            _check(cudart, cudart.cudaMemcpyAsync(buffers.inputs[name], array.ctypes.data, array.nbytes, to_device,
-                                                  stream), "cudaMemcpyAsync")
+            _check(
+                cudart,
+                cudart.cudaMemcpyAsync(buffers.inputs[name], array.ctypes.data, array.nbytes, to_device, stream),
+                "cudaMemcpyAsync",
+            )
         if not held.context.execute_async_v3(int(stream)):
             raise CudaError(f"TensorRT could not run {held.plan_path.name}; see the TensorRT log above")
         outputs = {}

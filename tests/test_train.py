@@ -290,6 +290,20 @@ def test_warm_start_loads_weights_also_under_resume(tmp_path: Path, caplog: pyte
     assert "warm start from" in caplog.text and "the whole ndic model" in caplog.text
 
 
+def test_a_kept_run_continues_without_the_weights_it_was_started_from(tmp_path: Path) -> None:
+    """On a fresh clone a lower rate point continues from its kept weights even when the higher one it
+    was warm-started from was never committed; a fresh start still needs them, and is told so."""
+    torch.set_num_threads(1)
+    missing = str(tmp_path / "higher_rate.pt")
+    raw = tiny_config(tmp_path / "run", steps=1, keep=str(tmp_path / "kept.pt"), init_from=missing)
+    with pytest.raises(ConfigError, match=r"higher_rate\.pt.*is neither a checkpoint file"):
+        config_from_dict(raw)
+    first = train(config_from_dict({**raw, "train": {**raw["train"], "init_from": ""}}), progress=False)
+    shutil.rmtree(tmp_path / "run")  # a fresh clone: only the kept weights
+    later = train(config_from_dict({**raw, "train": {**raw["train"], "steps": 2}}), resume=True, progress=False)
+    assert first.step == 1 and later.step == 2
+
+
 def test_related_model_warm_starts_its_shared_weights(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     base = train(config_from_dict(tiny_config(tmp_path / "ndic", "ndic", steps=1)), progress=False)
@@ -353,6 +367,7 @@ def test_init_from_on_the_command_line_fine_tunes_a_kept_checkpoint(
         assert torch.equal(v, tuned["model_state"][k]), f"{k} was not loaded"
 
     # the default bundle's ndic was exported from runs/ checkpoints that the repository does not keep
+    config = write_toml(tmp_path / "new_rig.toml", {**raw, "train": {**raw["train"], "out": str(tmp_path / "new")}})
     assert main(["train", "--config", str(config), "--init-from", "default", "-q"]) == 2
     err = capsys.readouterr().err
     assert "its ndic at lambda 0.0025 was exported from latest.pt, which is not in weights" in err

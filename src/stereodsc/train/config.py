@@ -176,6 +176,13 @@ def resolve_init_from(value: str, source: str, model: str = "", lmbda: float = 0
     )
 
 
+def has_checkpoint(t: TrainSection) -> bool:
+    """Whether the run has a checkpoint to continue from (its latest step, or its kept weights on a
+    fresh clone): init_from only seeds a fresh start, so such a run does not need it to exist (an
+    earlier rate point's weights that were never committed, say)."""
+    return (Path(t.out) / "latest.pt").is_file() or (bool(t.keep) and Path(t.keep).is_file())
+
+
 def validate(cfg: TrainConfig) -> None:
     from stereodsc.models import MODEL_NAMES, PRESETS, default_options
 
@@ -232,5 +239,5 @@ def validate(cfg: TrainConfig) -> None:
         )
     if t.lmbda <= 0:
         raise ConfigError(f"{src}: [train] lmbda must be positive (larger = higher rate and quality)")
-    if t.init_from:
+    if t.init_from and not has_checkpoint(t):
         t.init_from = resolve_init_from(t.init_from, src, m.name, t.lmbda)

@@ -1,11 +1,13 @@
 """Strict reading of one ``.npy`` member of a table file: never unpickles, and checks the header's
 shape against the bytes present before allocating, so a tampered file cannot ask for 10^12 entries.
-Also the freezing of the arrays a loaded table object holds."""
+Also the writing of such files (byte-reproducible) and the freezing of the arrays a loaded table
+object holds."""
 
 from __future__ import annotations
 
 import io
 import math
+import zipfile
 from collections.abc import Iterable
 from typing import Any
 
@@ -39,3 +41,18 @@ def freeze_arrays(obj: Any, fields: Iterable[tuple[str, Any]]) -> None:
         arr = np.array(getattr(obj, name), dtype=np.dtype(dtype).newbyteorder("="), order="C", copy=True)
         arr.setflags(write=False)
         object.__setattr__(obj, name, arr)
+
+
+def write_npz(arrays: Iterable[tuple[str, np.ndarray]]) -> bytes:
+    """An uncompressed ``.npz`` (`numpy.load` reads it) of the (name, array) pairs in order, with fixed
+    zip metadata: equal arrays give equal bytes, so a bundle's hashes do not change on re-export."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
+        for name, arr in arrays:
+            npy = io.BytesIO()
+            np.lib.format.write_array(npy, np.array(arr, order="C"), allow_pickle=False)  # keeps 0-d
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.create_system = 3
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, npy.getvalue())
+    return out.getvalue()

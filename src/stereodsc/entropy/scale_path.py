@@ -55,7 +55,7 @@ import numpy as np
 
 from stereodsc.errors import BitstreamError
 
-from .npy import freeze_arrays, parse_npy
+from .npy import freeze_arrays, parse_npy, write_npz
 
 FORMAT_VERSION = 1
 WEIGHT_MAX = (1 << 15) - 1  # int16, symmetric: -32768 is refused so |w| <= WEIGHT_MAX
@@ -186,18 +186,8 @@ class IntegerScaleNet:
 
     def to_npz_bytes(self) -> bytes:
         """An ``.npz`` (`numpy.load` reads it) with fixed zip metadata: equal nets give equal bytes."""
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
-            arrays = [("format_version", np.array(FORMAT_VERSION, dtype="<i8"))]
-            arrays += [(name, getattr(self, name).astype(dtype)) for name, dtype in _FIELDS]
-            for name, arr in arrays:
-                npy = io.BytesIO()
-                np.lib.format.write_array(npy, np.array(arr, order="C"), allow_pickle=False)  # keeps 0-d
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.create_system = 3
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, npy.getvalue())
-        return out.getvalue()
+        arrays = [("format_version", np.array(FORMAT_VERSION, dtype="<i8"))]
+        return write_npz(arrays + [(name, getattr(self, name).astype(dtype)) for name, dtype in _FIELDS])
 
     @classmethod
     def from_npz_bytes(cls, data: bytes) -> IntegerScaleNet:

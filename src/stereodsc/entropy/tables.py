@@ -25,7 +25,7 @@ import numpy as np
 from stereodsc.errors import BitstreamError
 
 from ._kernels import INT32_MAX, INT32_MIN, RANS_L
-from .npy import freeze_arrays, parse_npy
+from .npy import freeze_arrays, parse_npy, write_npz
 
 MAX_PRECISION = 16  # ryg_rans' byte-wise coder needs scale_bits <= 16 with L = 2**23
 TABLES_FORMAT_VERSION = 1
@@ -122,16 +122,7 @@ class CdfTables:
             "cdf_length": self.cdf_length,
             "offset": self.offset,
         }
-        out = io.BytesIO()
-        with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as zf:
-            for name, arr in arrays.items():
-                npy = io.BytesIO()
-                np.lib.format.write_array(npy, np.array(arr, dtype="<i4", order="C"), allow_pickle=False)
-                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
-                info.create_system = 3
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, npy.getvalue())
-        return out.getvalue()
+        return write_npz((name, np.asarray(arr, dtype="<i4")) for name, arr in arrays.items())
 
     @classmethod
     def from_npz_bytes(cls, data: bytes) -> CdfTables:

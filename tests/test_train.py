@@ -304,6 +304,26 @@ def test_a_kept_run_continues_without_the_weights_it_was_started_from(tmp_path: 
     assert first.step == 1 and later.step == 2
 
 
+def test_frozen_parts_keep_their_weights_and_the_rest_trains(tmp_path: Path) -> None:
+    """[train] frozen: a host-side fine-tune leaves the camera's encoder and the entropy model (the
+    bitstream) exactly as they were, quantiles included, and trains the decoder."""
+    torch.set_num_threads(1)
+    raw = tiny_config(tmp_path / "run", steps=2, frozen=["g_a.", "prior."])
+    trainer = Trainer(config_from_dict(raw), progress=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.run()
+    after = trainer.model.state_dict()
+    frozen = [k for k in before if k.startswith(("g_a.", "prior."))]
+    assert any(k.endswith("quantiles") for k in frozen)
+    for k in frozen:
+        assert torch.equal(before[k], after[k]), f"{k} moved although frozen"
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("g_s."))
+    with pytest.raises(ConfigError, match=r"frozen = 'si_net\.' names no parameter of this model; its parts are"):
+        Trainer(config_from_dict(tiny_config(tmp_path / "x", frozen=["si_net."])), progress=False)
+    with pytest.raises(ConfigError, match="leaves nothing to train"):
+        Trainer(config_from_dict(tiny_config(tmp_path / "y", frozen=["g_a.", "g_s.", "prior."])), progress=False)
+
+
 def test_related_model_warm_starts_its_shared_weights(tmp_path: Path) -> None:
     torch.set_num_threads(1)
     base = train(config_from_dict(tiny_config(tmp_path / "ndic", "ndic", steps=1)), progress=False)

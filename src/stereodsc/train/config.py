@@ -75,6 +75,10 @@ class TrainSection:
     # Compact checkpoint kept in the repository (weights, step, schedule; no optimiser moments), written
     # with every checkpoint: --resume continues from it on a fresh clone where `out` holds nothing yet.
     keep: str = ""
+    # Parameters not trained: those whose names start with one of these prefixes. ["g_a.", "prior.", "g_s."]
+    # on a side-information codec trains its host-side fusion only (DSIN's SI-Net): the cameras' encoder and
+    # the entropy model stay as they are, so camera boards need no update and the rate does not move.
+    frozen: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -239,5 +243,7 @@ def validate(cfg: TrainConfig) -> None:
         )
     if t.lmbda <= 0:
         raise ConfigError(f"{src}: [train] lmbda must be positive (larger = higher rate and quality)")
+    if not all(isinstance(p, str) and p for p in t.frozen):
+        raise ConfigError(f'{src}: [train] frozen = {t.frozen!r} should list parameter-name prefixes, e.g. ["g_a."]')
     if t.init_from and not has_checkpoint(t):
         t.init_from = resolve_init_from(t.init_from, src, m.name, t.lmbda)

@@ -146,6 +146,31 @@ def validation_fingerprint(pairs: list[Pair], side_codecs: list[str]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def freeze(model: nn.Module, prefixes: list[str], source: str) -> None:
+    """Stop training the parameters whose names start with one of `prefixes` ([train] frozen): they
+    take no gradient, so neither optimiser moves them (Adam skips a parameter without one)."""
+    if not prefixes:
+        return
+    names = [name for name, _ in model.named_parameters()]
+    parts = sorted({name.split(".")[0] + "." for name in names})
+    for prefix in prefixes:
+        if not any(name.startswith(prefix) for name in names):
+            raise ConfigError(
+                f"{source}: [train] frozen = {prefix!r} names no parameter of this model; its parts are {parts}"
+            )
+    frozen = [p for name, p in model.named_parameters() if name.startswith(tuple(prefixes))]
+    if len(frozen) == len(names):
+        raise ConfigError(f"{source}: [train] frozen = {prefixes} leaves nothing to train; its parts are {parts}")
+    for p in frozen:
+        p.requires_grad_(False)
+    log.info(
+        "[train] frozen: %d of %d parameters are not trained (%s)",
+        sum(p.numel() for p in frozen),
+        sum(p.numel() for p in model.parameters()),
+        ", ".join(prefixes),
+    )
+
+
 def _grew_channels(old: torch.Size, new: torch.Size) -> bool:
     """A tensor that only gained channels (dims 0-1; kernels and other dims unchanged)."""
     return (
@@ -254,6 +279,7 @@ class Trainer:
                 f"{self.cfg.source}: [data] crop = {d.crop} must be a multiple of "
                 f"{self.model.stride} for {self.model.name}"
             )
+        freeze(self.model, t.frozen, self.cfg.source)
         self.optimizer = torch.optim.Adam(self.model.main_parameters(), lr=t.lr, amsgrad=True)
         self.aux_optimizer = torch.optim.Adam(self.model.aux_parameters(), lr=t.aux_lr)
         self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -491,9 +517,10 @@ class Trainer:
         # The aux loss depends on the parameters only, which are the same in every process: so is
         # its gradient, and reducing it would change nothing.
         aux = self.model.aux_loss()
-        self.aux_optimizer.zero_grad(set_to_none=True)
-        aux.backward()
-        self.aux_optimizer.step()
+        if aux.requires_grad:  # not when [train] frozen holds the entropy model
+            self.aux_optimizer.zero_grad(set_to_none=True)
+            aux.backward()
+            self.aux_optimizer.step()
         return {**result, "aux": aux.item(), "skipped": 0.0}
 
     def forward_and_loss(self, x: torch.Tensor, side: torch.Tensor) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:

@@ -291,3 +291,28 @@ def test_qualities_of_one_codec_may_differ_in_host_only_options(tmp_path: Path) 
     write_checkpoint(other, "dsin", {"max_row_offset": 4}, 0.05, 7)  # the band the edge frames rely on
     with pytest.raises(ConfigError, match=r"share one model config.*\['max_row_offset'\]"):
         export_bundle([wide, other], tmp_path / "c", sample_images=[], progress=False)
+
+
+def test_a_codec_trained_on_a_frozen_encoder_shares_its_camera_files(tmp_path: Path) -> None:
+    """A side-information codec fine-tuned with [train] frozen on the intra codec's encoder and entropy
+    model exports the same camera graph and scale path: the bundle stores them once, and both codecs
+    still run (the export parity-checks every quality through the manifest's paths)."""
+    from stereodsc.train.checkpoint import load_checkpoint, save_checkpoint
+
+    minimal = {"encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}
+    intra, dsin = tmp_path / "intra.pt", tmp_path / "dsin.pt"
+    write_checkpoint(intra, "balle2018", minimal, 0.01, 10)
+    write_checkpoint(dsin, "dsin", {**minimal, "backbone": "balle2018", "max_row_offset": 8}, 0.01, 11)
+    shared = load_checkpoint(intra)["model_state"]
+    ckpt = load_checkpoint(dsin)
+    ckpt["model_state"] = {k: shared.get(k, v) for k, v in ckpt["model_state"].items()}
+    save_checkpoint(dsin, ckpt)
+    out = tmp_path / "b"
+    export_bundle([intra, dsin], out, sample_images=[sample_pair()], sizes=SMALL_SIZES, progress=False)
+    codecs = json.loads((out / MANIFEST).read_text())["codecs"]
+    ours, theirs = codecs["side_info"]["qualities"][0], codecs["intra"]["qualities"][0]
+    assert ours["graphs"]["edge"] == theirs["graphs"]["edge"]
+    assert ours["scale_paths"]["y"]["file"] == theirs["scale_paths"]["y"]["file"]
+    assert ours["graphs"]["host"] != theirs["graphs"]["host"] and ours["parity"] and theirs["parity"]
+    assert not (out / "side_info" / "q0" / "edge.onnx").exists()
+    load_bundle(out)  # every file the manifest names is there, hashes verified

@@ -261,9 +261,17 @@ def _graph(
 
 
 def _export_graphs(
-    model: CompressionModel, folder: Path, rel: str, padded: list[tuple[int, int]], opset: int, half: bool
+    model: CompressionModel,
+    folder: Path,
+    rel: str,
+    padded: list[tuple[int, int]],
+    opset: int,
+    half: bool,
+    written: dict[str, str],
 ) -> dict[str, dict[str, str]]:
-    """Write edge and host graphs of one quality; return part -> size key -> relative path."""
+    """Write edge and host graphs of one quality; return part -> size key -> relative path (a graph
+    the bundle already holds byte for byte, e.g. the camera graph of a codec trained with a frozen
+    encoder, is kept once)."""
     parts: dict[str, dict[str, str]] = {}
     for part in ("edge", "host"):
         dynamic = fixed_size_reason(model, part) is None
@@ -279,7 +287,9 @@ def _export_graphs(
             export_graph(module, args, folder / rel / name, inputs, outputs, opset, stride, y_stride)
             if half:
                 store_weights_half(folder / rel / name)
-            files[key] = f"{rel}/{name}"
+            data = (folder / rel / name).read_bytes()
+            (folder / rel / name).unlink()
+            files[key] = _write_once(folder, f"{rel}/{name}", data, written)
         parts[part] = files
     return parts
 
@@ -364,7 +374,7 @@ def export_bundle(
                 (folder / rel).mkdir(parents=True)
                 if weights == "float16":
                     round_weights_to_half(point.model)
-                graphs = _export_graphs(point.model, folder, rel, padded, opset, half=weights == "float16")
+                graphs = _export_graphs(point.model, folder, rel, padded, opset, weights == "float16", written)
                 tables: dict[str, CdfTables] = {}
                 table_files: dict[str, str] = {}
                 for name, entropy_model in point.entropy_models.items():
@@ -373,7 +383,7 @@ def export_bundle(
                     table_files[name] = _write_once(folder, f"{rel}/{TABLE_FILES[name]}", data, written)
                 scale_net, scale_paths = None, {}
                 if point.hyperprior is not None:
-                    scale_net, scale_paths["y"] = _scale_path(point, samples, sizes, folder, rel)
+                    scale_net, scale_paths["y"] = _scale_path(point, samples, sizes, folder, rel, written)
                 _say(
                     progress,
                     f"{role} q{q} ({point.model.name}, lambda {point.lmbda:g}): graphs in "
@@ -459,7 +469,8 @@ def export_bundle(
 def _write_once(folder: Path, rel: str, data: bytes, written: dict[str, str]) -> str:
     """Write ``data`` at ``rel`` unless the bundle already holds the same bytes, and return the path
     that holds them: y's Gaussian tables are the same at every quality and in every codec of a
-    bundle (0.8 MB each at N = 128), so they are stored once."""
+    bundle (0.8 MB each at N = 128), and a codec that shares another's encoder (trained with it
+    frozen) shares its camera graph and scale path too, so each is stored once."""
     digest = hashlib.sha256(data).hexdigest()
     if digest not in written:
         (folder / rel).write_bytes(data)
@@ -490,7 +501,12 @@ def _tables(entropy_model: EntropyBottleneck | GaussianConditional) -> CdfTables
 
 
 def _scale_path(
-    point: _Point, samples: Sequence[SamplePair], sizes: Sequence[tuple[int, int]], folder: Path, rel: str
+    point: _Point,
+    samples: Sequence[SamplePair],
+    sizes: Sequence[tuple[int, int]],
+    folder: Path,
+    rel: str,
+    written: dict[str, str],
 ) -> tuple[IntegerScaleNet, dict[str, Any]]:
     """Quantise the hyperprior's h_s into the integer scale net, write it; return it and its manifest entry.
 
@@ -511,9 +527,8 @@ def _scale_path(
         calibration_z=zs or None,
         headroom_bits=SCALE_PATH_HEADROOM_BITS,
     )
-    (folder / rel / SCALE_PATH_FILE).write_bytes(net.to_npz_bytes())
     entry = {
-        "file": f"{rel}/{SCALE_PATH_FILE}",
+        "file": _write_once(folder, f"{rel}/{SCALE_PATH_FILE}", net.to_npz_bytes(), written),
         "conditioned_on": "z",
         "levels": net.levels,
         "weight_bits": SCALE_PATH_WEIGHT_BITS,

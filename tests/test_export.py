@@ -12,6 +12,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -295,8 +296,11 @@ def test_qualities_of_one_codec_may_differ_in_host_only_options(tmp_path: Path) 
 
 def test_a_codec_trained_on_a_frozen_encoder_shares_its_camera_files(tmp_path: Path) -> None:
     """A side-information codec fine-tuned with [train] frozen on the intra codec's encoder and entropy
-    model exports the same camera graph and scale path: the bundle stores them once, and both codecs
-    still run (the export parity-checks every quality through the manifest's paths)."""
+    model exports the same camera graph and scale path: the bundle stores them once, both codecs still
+    run (the export parity-checks every quality through the manifest's paths), and a dependent frame
+    whose side image never came decodes exactly as the intra frame it is, not with a grey side image."""
+    from stereodsc.codec.decoder import HostDecoder
+    from stereodsc.codec.encoder import EdgeEncoder
     from stereodsc.train.checkpoint import load_checkpoint, save_checkpoint
 
     minimal = {"encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}
@@ -315,4 +319,15 @@ def test_a_codec_trained_on_a_frozen_encoder_shares_its_camera_files(tmp_path: P
     assert ours["scale_paths"]["y"]["file"] == theirs["scale_paths"]["y"]["file"]
     assert ours["graphs"]["host"] != theirs["graphs"]["host"] and ours["parity"] and theirs["parity"]
     assert not (out / "side_info" / "q0" / "edge.onnx").exists()
-    load_bundle(out)  # every file the manifest names is there, hashes verified
+    bundle = load_bundle(out)  # every file the manifest names is there, hashes verified
+    image, side = sample_pair()
+    host = HostDecoder(bundle)
+    frames = {}
+    for role in ("intra", "side_info"):
+        encoder = EdgeEncoder(bundle, role, 0)
+        frames[role] = encoder.frame(encoder.encode(image), rig_id=1, camera_id=1, seq=0, t_capture_ns=0)
+    assert frames["intra"].segments == frames["side_info"].segments
+    alone = host.decode(frames["side_info"])
+    assert np.array_equal(alone.image, host.decode(frames["intra"]).image) and not alone.side_info_used
+    with_side = host.decode(frames["side_info"], side)
+    assert with_side.side_info_used and not np.array_equal(with_side.image, alone.image)

@@ -112,6 +112,12 @@ class QualityPoint:
     def host(self) -> Graph:
         return self.graphs["host"]
 
+    def codes_like(self, other: QualityPoint) -> bool:
+        """Whether `other`'s frames are coded exactly as this point's: the same camera graphs, tables
+        and scale nets (files a bundle stores once), as for a side-information codec trained on the
+        intra codec's frozen encoder."""
+        return (self.edge.files, self.tables, self.scale_paths) == (other.edge.files, other.tables, other.scale_paths)
+
 
 @dataclass(frozen=True)
 class Latent:

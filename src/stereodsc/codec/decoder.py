@@ -94,6 +94,13 @@ class HostDecoder:
             raise UndecodableFrameError(f"{frame.role.name} frame: {e}; the camera runs another bundle?") from None
         return point, self._coding_of(codec, point)
 
+    def _intra_coding_like(self, point: QualityPoint) -> Codec | None:
+        """The bundle's intra codec, if its quality of the same index codes frames as `point` does."""
+        intra = self.bundle.codecs.get(CodecRole.INTRA.value)
+        if intra is None or point.index >= len(intra.qualities):
+            return None
+        return intra if intra.quality(point.index).codes_like(point) else None
+
     def _coding_of(self, codec: Codec, point: QualityPoint) -> Coding:
         """The quality's tables and scale nets, loaded from the bundle once."""
         key = (codec.role, point.index)
@@ -130,11 +137,16 @@ class HostDecoder:
         """Decode `frame`; `side` is the decoded reference image (same size) for dependent frames.
 
         A dependent frame without `side` is decoded with a grey side image (the "decode without
-        side information" policy): lower quality, marked ``side_info_used=False``.
+        side information" policy): lower quality, marked ``side_info_used=False``. Where the intra
+        codec codes that quality's frames alike (a side-information codec trained on its frozen
+        encoder), the frame is the intra frame it is and the intra codec decodes it, at full quality.
         """
         check_bundle(frame, (self.bundle.id_bytes,))
         codec = self.codec_for(frame)
         point, coding = self._point(codec, frame)
+        if side is None and codec.uses_side_info and (intra := self._intra_coding_like(point)) is not None:
+            codec, point = intra, intra.quality(point.index)
+            coding = self._coding_of(codec, point)
         if side is not None and not codec.uses_side_info:
             raise ConfigError(
                 f"{frame.role.name} frames ({codec.model}, {codec.role}) decode without side information: "

@@ -299,6 +299,7 @@ def test_a_codec_trained_on_a_frozen_encoder_shares_its_camera_files(tmp_path: P
     model exports the same camera graph and scale path: the bundle stores them once, both codecs still
     run (the export parity-checks every quality through the manifest's paths), and a dependent frame
     whose side image never came decodes exactly as the intra frame it is, not with a grey side image."""
+    from stereodsc.bundles import describe
     from stereodsc.codec.decoder import HostDecoder
     from stereodsc.codec.encoder import EdgeEncoder
     from stereodsc.train.checkpoint import load_checkpoint, save_checkpoint
@@ -320,6 +321,7 @@ def test_a_codec_trained_on_a_frozen_encoder_shares_its_camera_files(tmp_path: P
     assert ours["graphs"]["host"] != theirs["graphs"]["host"] and ours["parity"] and theirs["parity"]
     assert not (out / "side_info" / "q0" / "edge.onnx").exists()
     bundle = load_bundle(out)  # every file the manifest names is there, hashes verified
+    assert "camera graph shared with intra q0" in describe(out)  # stereodsc models says so
     image, side = sample_pair()
     host = HostDecoder(bundle)
     frames = {}

@@ -79,7 +79,16 @@ def describe(folder: Path, verify: bool = False) -> str:
                 else "no metrics"
             )
             host = ", ".join(f"{k}={v}" for k, v in sorted(raw_q.get("host_options", {}).items()))
-            lines.append(f"    q{q.index}  lambda {q.lmbda:<7g} {card}" + (f"; host graph: {host}" if host else ""))
+            twins = [
+                f"{other} q{q.index}"
+                for other, c in bundle.codecs.items()
+                if other != role and q.index < len(c.qualities) and c.quality(q.index).codes_like(q)
+            ]
+            lines.append(
+                f"    q{q.index}  lambda {q.lmbda:<7g} {card}"
+                + (f"; host graph: {host}" if host else "")
+                + (f"; camera graph shared with {', '.join(twins)}" if twins else "")
+            )
     return "\n".join(lines)
 
 

@@ -94,12 +94,13 @@ class HostDecoder:
             raise UndecodableFrameError(f"{frame.role.name} frame: {e}; the camera runs another bundle?") from None
         return point, self._coding_of(codec, point)
 
-    def _intra_coding_like(self, point: QualityPoint) -> Codec | None:
-        """The bundle's intra codec, if its quality of the same index codes frames as `point` does."""
+    def _intra_coding_like(self, point: QualityPoint) -> tuple[Codec, QualityPoint] | None:
+        """The bundle's intra codec and its quality of the same index, if that codes frames as `point` does."""
         intra = self.bundle.codecs.get(CodecRole.INTRA.value)
         if intra is None or point.index >= len(intra.qualities):
             return None
-        return intra if intra.quality(point.index).codes_like(point) else None
+        twin = intra.quality(point.index)
+        return (intra, twin) if twin.codes_like(point) else None
 
     def _coding_of(self, codec: Codec, point: QualityPoint) -> Coding:
         """The quality's tables and scale nets, loaded from the bundle once."""
@@ -145,7 +146,7 @@ class HostDecoder:
         codec = self.codec_for(frame)
         point, coding = self._point(codec, frame)
         if side is None and codec.uses_side_info and (intra := self._intra_coding_like(point)) is not None:
-            codec, point = intra, intra.quality(point.index)
+            codec, point = intra
             coding = self._coding_of(codec, point)
         if side is not None and not codec.uses_side_info:
             raise ConfigError(

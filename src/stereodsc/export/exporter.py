@@ -287,9 +287,7 @@ def _export_graphs(
             export_graph(module, args, folder / rel / name, inputs, outputs, opset, stride, y_stride)
             if half:
                 store_weights_half(folder / rel / name)
-            data = (folder / rel / name).read_bytes()
-            (folder / rel / name).unlink()
-            files[key] = _write_once(folder, f"{rel}/{name}", data, written)
+            files[key] = _keep_once(folder, f"{rel}/{name}", written)
         parts[part] = files
     return parts
 
@@ -474,6 +472,18 @@ def _write_once(folder: Path, rel: str, data: bytes, written: dict[str, str]) ->
     digest = hashlib.sha256(data).hexdigest()
     if digest not in written:
         (folder / rel).write_bytes(data)
+        written[digest] = rel
+    return written[digest]
+
+
+def _keep_once(folder: Path, rel: str, written: dict[str, str]) -> str:
+    """`_write_once` for a file already written at ``rel`` (an exported graph): it stays unless the
+    bundle holds the same bytes elsewhere, and the path that holds them is returned."""
+    path = folder / rel
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest in written:
+        path.unlink()
+    else:
         written[digest] = rel
     return written[digest]
 

@@ -80,6 +80,16 @@ class TrainSection:
     # the entropy model stay as they are, so camera boards need no update and the rate does not move.
     frozen: list[str] = field(default_factory=list)
 
+    @property
+    def latest_path(self) -> Path:
+        """The run's full checkpoint of its latest step."""
+        return Path(self.out) / "latest.pt"
+
+    @property
+    def keep_path(self) -> Path | None:
+        """The compact checkpoint kept in the repository, if the config names one."""
+        return Path(self.keep) if self.keep else None
+
 
 @dataclass
 class TrainConfig:
@@ -184,7 +194,7 @@ def has_checkpoint(t: TrainSection) -> bool:
     """Whether the run has a checkpoint to continue from (its latest step, or its kept weights on a
     fresh clone): init_from only seeds a fresh start, so such a run does not need it to exist (an
     earlier rate point's weights that were never committed, say)."""
-    return (Path(t.out) / "latest.pt").is_file() or (bool(t.keep) and Path(t.keep).is_file())
+    return any(path is not None and path.is_file() for path in (t.latest_path, t.keep_path))
 
 
 def validate(cfg: TrainConfig) -> None:

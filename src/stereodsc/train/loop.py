@@ -308,7 +308,7 @@ class Trainer:
     # ---- checkpoints -------------------------------------------------------------------------
     @property
     def latest_path(self) -> Path:
-        return self.out_dir / "latest.pt"
+        return self.cfg.train.latest_path
 
     def state(self) -> dict[str, Any]:
         return {
@@ -330,7 +330,7 @@ class Trainer:
     @property
     def keep_path(self) -> Path | None:
         """The compact checkpoint kept in the repository ([train] keep), if the config names one."""
-        return Path(self.cfg.train.keep) if self.cfg.train.keep else None
+        return self.cfg.train.keep_path
 
     def save(self, path: Path | None = None) -> None:
         """Write `path`, or the run's latest checkpoint and (with [train] keep) its compact copy; in a

@@ -160,6 +160,7 @@ def test_folder_and_list_and_cityscapes_layouts(tmp_path: Path, sample_drive: Pa
         ({"train": {"stepz": 3}}, r"unknown key\(s\) \['stepz'\] in \[train\]"),
         ({"trian": {}}, r"unknown section"),
         ({"train": {"device": "gpu"}}, r"device = 'gpu'; choose one of \['auto', 'cpu', 'cuda'\]"),
+        ({"train": {"warmup": -5}}, r"warmup = -5 must be >= 0"),
     ],
 )
 def test_bad_config_fails_at_once_naming_the_key(patch: dict, match: str) -> None:
@@ -302,6 +303,32 @@ def test_a_kept_run_continues_without_the_weights_it_was_started_from(tmp_path: 
     shutil.rmtree(tmp_path / "run")  # a fresh clone: only the kept weights
     later = train(config_from_dict({**raw, "train": {**raw["train"], "steps": 2}}), resume=True, progress=False)
     assert first.step == 1 and later.step == 2
+
+
+def test_fresh_optimiser_moments_ramp_the_learning_rate_up(tmp_path: Path) -> None:
+    """[train] warmup: a new run, and a run continued from its kept compact checkpoint (a fresh clone,
+    fresh Adam moments), take their first steps at a fraction of the learning rate; a run continued
+    from its full checkpoint goes on with the ramp where it was; the schedule's own rate is untouched."""
+    torch.set_num_threads(1)
+    raw = tiny_config(tmp_path / "run", steps=2, keep=str(tmp_path / "kept.pt"), warmup=4)
+    first = train(config_from_dict(raw), progress=False)
+    assert [first.warmup_factor(s) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert first.optimizer.param_groups[0]["lr"] == first.cfg.train.lr
+    resumed = train(config_from_dict({**raw, "train": {**raw["train"], "steps": 3}}), resume=True, progress=False)
+    assert resumed.moments_from == 0 and resumed.warmup_factor(2) == 0.75
+    shutil.rmtree(tmp_path / "run")  # a fresh clone: only the kept weights, no optimiser moments
+    later = train(config_from_dict({**raw, "train": {**raw["train"], "steps": 4}}), resume=True, progress=False)
+    assert later.moments_from == 3 and later.warmup_factor(3) == 0.25
+    # Adam's first step moves each weight by lr * g / |g|: at a quarter of the rate, by a quarter as much.
+    moved = {}
+    for warmup in (0, 4):
+        trainer = Trainer(
+            config_from_dict(tiny_config(tmp_path / f"w{warmup}", steps=1, warmup=warmup)), progress=False
+        )
+        before = trainer.model.g_s.state_dict()["0.0.weight"].clone()
+        trainer.run()
+        moved[warmup] = trainer.model.g_s.state_dict()["0.0.weight"] - before
+    assert torch.allclose(moved[4], moved[0] / 4, rtol=1e-3, atol=1e-9) and moved[0].abs().max() > 0
 
 
 def test_frozen_parts_keep_their_weights_and_the_rest_trains(tmp_path: Path) -> None:

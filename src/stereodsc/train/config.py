@@ -56,6 +56,10 @@ class TrainSection:
     aux_lr: float = 1e-3
     lr_patience: int = 10  # validations without improvement before the lr drops 10x
     lr_min: float = 1e-7
+    # Steps of linear learning-rate ramp (lr/warmup, 2 lr/warmup, ... lr) whenever the optimiser's moments start
+    # fresh: a new run, a warm start, a resume from the kept compact checkpoint (a fresh clone). Fresh Adam
+    # moments take a full lr-sized step in every weight at once, which knocks a converged model back; 0: none.
+    warmup: int = 0
     validate_every: int = 100
     checkpoint_every: int = 100
     max_val_pairs: int = 40
@@ -246,6 +250,8 @@ def validate(cfg: TrainConfig) -> None:
     for key in ("steps", "batch_size", "validate_every", "checkpoint_every"):
         if getattr(t, key) <= 0:
             raise ConfigError(f"{src}: [train] {key} must be positive")
+    if t.warmup < 0:
+        raise ConfigError(f"{src}: [train] warmup = {t.warmup} must be >= 0 (steps of learning-rate ramp; 0: none)")
     if t.micro_batch < 0 or (t.micro_batch and t.batch_size % t.micro_batch):
         raise ConfigError(
             f"{src}: [train] micro_batch = {t.micro_batch} must divide batch_size = {t.batch_size} "

@@ -300,6 +300,7 @@ class Trainer:
         self.val_set = PairDataset(val_pairs[: t.max_val_pairs], cache, side=sides)
         self.val_fingerprint = validation_fingerprint(self.val_set.pairs, d.side_codec)
         self.step = 0
+        self.moments_from = 0  # the step at which the optimiser's moments started (for [train] warmup)
         self.signals: StopRequests | None = None  # in a torchrun job's run(): SIGINT / SIGTERM noted here
         self.cpu_seconds = 0.0
         self.best_val = math.inf
@@ -316,6 +317,7 @@ class Trainer:
             "model_config": self.model.config,
             "train_config": self.cfg.to_dict(),
             "step": self.step,
+            "moments_from": self.moments_from,
             "cpu_seconds": self.cpu_seconds,
             "best_val": self.best_val,
             "val_set": self.val_fingerprint,
@@ -355,6 +357,8 @@ class Trainer:
         self.scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         self.step, self.cpu_seconds = ckpt["step"], ckpt["cpu_seconds"]
+        # A checkpoint from before [train] warmup existed: its moments are long warm.
+        self.moments_from = ckpt.get("moments_from", ckpt["step"] - self.cfg.train.warmup)
         self.metrics = ckpt["metrics"]
         self.best_val = ckpt["best_val"]
         if ckpt.get("val_set") != self.val_fingerprint and math.isfinite(self.best_val):
@@ -388,7 +392,13 @@ class Trainer:
             ckpt = self._load(self.keep_path)
             for group in self.optimizer.param_groups:
                 group["lr"] = ckpt["lr"]
-            log.info("resumed from the kept %s at step %d (fresh optimiser moments)", self.keep_path, self.step)
+            self.moments_from = self.step
+            log.info(
+                "resumed from the kept %s at step %d (fresh optimiser moments; [train] warmup = %d steps)",
+                self.keep_path,
+                self.step,
+                self.cfg.train.warmup,
+            )
         else:
             return False
         self._lower_lr_to_config()
@@ -513,7 +523,7 @@ class Trainer:
             # One overflowing batch must not spoil the weights: leave them as they are (every process
             # sees the same reduced numbers, so all skip together); `_run` gives up if it repeats.
             return {**result, "aux": math.nan, "skipped": 1.0}
-        self.optimizer.step()
+        self._warmed_up_step(step)
         # The aux loss depends on the parameters only, which are the same in every process: so is
         # its gradient, and reducing it would change nothing.
         aux = self.model.aux_loss()
@@ -522,6 +532,25 @@ class Trainer:
             aux.backward()
             self.aux_optimizer.step()
         return {**result, "aux": aux.item(), "skipped": 0.0}
+
+    def warmup_factor(self, step: int) -> float:
+        """The share of the learning rate step `step` applies: ramps from 1/warmup to 1 over the first
+        [train] warmup steps of the optimiser's moments, then 1."""
+        warmup = self.cfg.train.warmup
+        return min(1.0, (step - self.moments_from + 1) / warmup) if warmup else 1.0
+
+    def _warmed_up_step(self, step: int) -> None:
+        """The optimiser's step at the warmed-up learning rate; the schedule's own rate stays as it was."""
+        factor = self.warmup_factor(step)
+        if factor >= 1.0:
+            self.optimizer.step()
+            return
+        rates = [group["lr"] for group in self.optimizer.param_groups]
+        for group, lr in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = lr * factor
+        self.optimizer.step()
+        for group, lr in zip(self.optimizer.param_groups, rates, strict=True):
+            group["lr"] = lr
 
     def forward_and_loss(self, x: torch.Tensor, side: torch.Tensor) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         """The model's outputs and loss terms on one micro-batch (what [train] compile compiles)."""

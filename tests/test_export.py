@@ -294,11 +294,12 @@ def test_qualities_of_one_codec_may_differ_in_host_only_options(tmp_path: Path) 
         export_bundle([wide, other], tmp_path / "c", sample_images=[], progress=False)
 
 
-def test_a_codec_trained_on_a_frozen_encoder_shares_its_camera_files(tmp_path: Path) -> None:
-    """A side-information codec fine-tuned with [train] frozen on the intra codec's encoder and entropy
-    model exports the same camera graph and scale path: the bundle stores them once, both codecs still
-    run (the export parity-checks every quality through the manifest's paths), and a dependent frame
-    whose side image never came decodes exactly as the intra frame it is, not with a grey side image."""
+def test_a_codec_trained_on_a_frozen_codec_shares_its_files(tmp_path: Path) -> None:
+    """DSIN fine-tuned with [train] frozen on the intra codec's encoder, entropy model and decoder
+    exports the same camera graph, scale path and host graph (its host side is split: host graph ->
+    x_dec, refine graph -> x_hat): the bundle stores them once and the quality adds only its refine
+    graph; both codecs still run (the export parity-checks every quality through the manifest's paths),
+    and a dependent frame whose side image never came decodes exactly as the intra frame it is."""
     from stereodsc.bundles import describe
     from stereodsc.codec.decoder import HostDecoder
     from stereodsc.codec.encoder import EdgeEncoder
@@ -307,7 +308,8 @@ def test_a_codec_trained_on_a_frozen_encoder_shares_its_camera_files(tmp_path: P
     minimal = {"encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}
     intra, dsin = tmp_path / "intra.pt", tmp_path / "dsin.pt"
     write_checkpoint(intra, "balle2018", minimal, 0.01, 10)
-    write_checkpoint(dsin, "dsin", {**minimal, "backbone": "balle2018", "max_row_offset": 8}, 0.01, 11)
+    options = {**minimal, "backbone": "balle2018", "search": "band", "max_row_offset": 2, "reencode_side": False}
+    write_checkpoint(dsin, "dsin", options, 0.01, 11)
     shared = load_checkpoint(intra)["model_state"]
     ckpt = load_checkpoint(dsin)
     ckpt["model_state"] = {k: shared.get(k, v) for k, v in ckpt["model_state"].items()}
@@ -318,10 +320,13 @@ def test_a_codec_trained_on_a_frozen_encoder_shares_its_camera_files(tmp_path: P
     ours, theirs = codecs["side_info"]["qualities"][0], codecs["intra"]["qualities"][0]
     assert ours["graphs"]["edge"] == theirs["graphs"]["edge"]
     assert ours["scale_paths"]["y"]["file"] == theirs["scale_paths"]["y"]["file"]
-    assert ours["graphs"]["host"] != theirs["graphs"]["host"] and ours["parity"] and theirs["parity"]
-    assert not (out / "side_info" / "q0" / "edge.onnx").exists()
+    assert ours["graphs"]["host"] == theirs["graphs"]["host"] and ours["parity"] and theirs["parity"]
+    assert set(ours["graphs"]) == {"edge", "host", "refine"} and set(theirs["graphs"]) == {"edge", "host"}
+    assert set(codecs["side_info"]["io"]["host"]["inputs"]) == {"y"}
+    assert set(codecs["side_info"]["io"]["refine"]["inputs"]) == {"x_dec", "side"}
+    assert sorted(p.name for p in (out / "side_info" / "q0").iterdir()) == ["refine.onnx"]
     bundle = load_bundle(out)  # every file the manifest names is there, hashes verified
-    assert "camera graph shared with intra q0" in describe(out)  # stereodsc models says so
+    assert "camera graph shared with intra q0 (its host graph too)" in describe(out)  # stereodsc models says so
     image, side = sample_pair()
     host = HostDecoder(bundle)
     frames = {}

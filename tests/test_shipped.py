@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from stereodsc.bundle import LICENCE_FILE, load_bundle
-from stereodsc.bundles import shipped_bundles
+from stereodsc.bundles import folder_bytes, shipped_bundles
 from stereodsc.codec.decoder import HostDecoder
 from stereodsc.codec.encoder import EdgeEncoder
 from stereodsc.edge_encoder.sources import kitti_frames
@@ -54,6 +54,12 @@ def test_the_card_covers_exactly_what_ships() -> None:
         assert {role: len(c.qualities) for role, c in bundle.codecs.items()} == {
             role: len(qs) for role, qs in CARD[name].items()
         }
+
+
+def test_the_shipped_bundles_stay_within_their_budget() -> None:
+    """All shipped bundles together: 40 MB (10^6 bytes), what a package install is allowed to weigh."""
+    total = sum(folder_bytes(folder) for folder in SHIPPED.values())
+    assert total <= 40_000_000, f"shipped bundles weigh {total / 1e6:.2f} MB"
 
 
 @pytest.mark.parametrize(("name", "role", "quality"), POINTS)

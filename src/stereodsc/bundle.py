@@ -10,12 +10,15 @@ Layout of a bundle folder (written by ``stereodsc export``, see `stereodsc.expor
     intra/q0/scale_path.npz      (scale hyperprior) the integer h_s that picks y's table rows from z
     side_info/q0/...             the same for the side-information codec; its host graph also takes
                                  the decoded side image "side" (uint8 [1, H, W, 3])
+    side_info/q0/refine.onnx     (DSIN) uint8 "x_dec" + "side" -> uint8 image: its host graph then takes
+                                 y only and gives x_dec, the decode before the side image refines it
     side_info/q0/host_128x256.onnx   a graph that only runs at one padded size (DSIN's SI-Finder)
     LICENSE.txt                  the licence of the weights (export --licence), if the exporter gave one
 
 H and W are the image size padded to the codec's ``stride``. A graph is either dynamic (one file,
 manifest key ``"*"``, any multiple of the stride) or fixed (one file per padded size, key
-``"HxW"``). Each quality lists its graphs by part ("edge", "host") and its tables by latent name;
+``"HxW"``). Each quality lists its graphs by part ("edge", "host", and "refine" where the host
+side is split) and its tables by latent name;
 the codec lists its latents in wire-segment order. A factorized codec sends one latent, "y", coded
 with one table row per channel. A scale-hyperprior codec sends "z" first (one row per channel),
 then "y", whose manifest entry says ``"conditioned_on": "z"``: the table row of every y element is
@@ -49,6 +52,7 @@ MANIFEST = "manifest.json"
 SCHEMA = "stereodsc.bundle/1"
 ROLES = ("intra", "side_info")
 ANY_SIZE = "*"
+GRAPH_PARTS = ("edge", "host", "refine")
 SELF_DIGEST = "manifest_sha256"
 LICENCE_FILE = "LICENSE.txt"
 """The terms of the bundle's weights (e.g. those of the data they were trained on), hashed like every file."""
@@ -97,7 +101,7 @@ class QualityPoint:
     """One rate point of a codec: its graphs, its tables and what training and export measured."""
 
     index: int
-    graphs: Mapping[str, Graph]  # "edge", "host"
+    graphs: Mapping[str, Graph]  # "edge", "host" (and "refine": see `refine`)
     tables: Mapping[str, Path]  # latent name -> integer CDF tables file
     lmbda: float
     metrics: dict[str, Any]
@@ -111,6 +115,12 @@ class QualityPoint:
     @property
     def host(self) -> Graph:
         return self.graphs["host"]
+
+    @property
+    def refine(self) -> Graph | None:
+        """The graph that refines the host graph's output with the side image, where the host side is
+        split so (DSIN): the host graph then decodes y alone, and a frame without a side image shows that."""
+        return self.graphs.get("refine")
 
     def codes_like(self, other: QualityPoint) -> bool:
         """Whether `other`'s frames are coded exactly as this point's: the same camera graphs, tables
@@ -248,6 +258,13 @@ def _codec(folder: Path, role: str, raw: dict[str, Any], listed: Mapping[str, An
         missing |= {f"scale_paths[{name}]" for name in conditioned - set(q.scale_paths)}
         if missing:
             raise BundleError(f"{folder / MANIFEST}: {role} quality {q.index} lacks {sorted(missing)}")
+        unknown = set(q.graphs) - set(GRAPH_PARTS if codec.uses_side_info else GRAPH_PARTS[:2])
+        if unknown:
+            raise BundleError(
+                f"{folder / MANIFEST}: {role} quality {q.index} has graphs {sorted(unknown)} this stereodsc does "
+                f"not run ({role} codecs have {'edge, host, refine' if codec.uses_side_info else 'edge, host'}): "
+                "use the stereodsc release that exported the bundle"
+            )
         if set(q.scale_paths) - conditioned:
             raise BundleError(
                 f"{folder / MANIFEST}: {role} quality {q.index} has scale paths for "

@@ -80,9 +80,11 @@ def describe(folder: Path, verify: bool = False) -> str:
             )
             host = ", ".join(f"{k}={v}" for k, v in sorted(raw_q.get("host_options", {}).items()))
             twins = [
-                f"{other} q{q.index}"
+                f"{other} q{t.index}" + (" (its host graph too)" if t.host.files == q.host.files else "")
                 for other, c in bundle.codecs.items()
-                if other != role and q.index < len(c.qualities) and c.quality(q.index).codes_like(q)
+                if other != role
+                for t in c.qualities
+                if t.codes_like(q)
             ]
             lines.append(
                 f"    q{q.index}  lambda {q.lmbda:<7g} {card}"

@@ -4,6 +4,9 @@
         scale net on the decoded z)--> y int32 --host graph (g_s; with the padded side image for a
         side-information codec)--> x_hat uint8 (padded) --crop--> the frame's original size
 
+A codec whose host side is split (DSIN: `QualityPoint.refine`) runs its host graph on y alone (x_dec)
+and then its refine graph on x_dec and the padded side image.
+
 No torch. Every way a received frame can fail to decode (foreign bundle, unknown role or quality,
 impossible size, corrupt payload, unusable side image) raises a `BitstreamError` subclass, so the
 host service counts and drops the frame instead of crashing.
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from stereodsc import entropy
-from stereodsc.bundle import Bundle, Codec, QualityPoint
+from stereodsc.bundle import Bundle, Codec, Graph, QualityPoint
 from stereodsc.codec.coding import Coding, load_coding
 from stereodsc.codec.geometry import MAX_PIXELS, Size, check_rgb, crop, format_size, pad, padded_size
 from stereodsc.codec.roles import CodecRole
@@ -94,14 +97,6 @@ class HostDecoder:
             raise UndecodableFrameError(f"{frame.role.name} frame: {e}; the camera runs another bundle?") from None
         return point, self._coding_of(codec, point)
 
-    def _intra_coding_like(self, point: QualityPoint) -> tuple[Codec, QualityPoint] | None:
-        """The bundle's intra codec and its quality of the same index, if that codes frames as `point` does."""
-        intra = self.bundle.codecs.get(CodecRole.INTRA.value)
-        if intra is None or point.index >= len(intra.qualities):
-            return None
-        twin = intra.quality(point.index)
-        return (intra, twin) if twin.codes_like(point) else None
-
     def _coding_of(self, codec: Codec, point: QualityPoint) -> Coding:
         """The quality's tables and scale nets, loaded from the bundle once."""
         key = (codec.role, point.index)
@@ -117,9 +112,11 @@ class HostDecoder:
         for role, codec in self.bundle.codecs.items():
             for point in codec.qualities:
                 for size in sizes:
-                    if point.host.path(*padded_size(size, codec.stride)) is None:
+                    padded = padded_size(size, codec.stride)
+                    if any(g.path(*padded) is None for g in (point.host, point.refine) if g is not None):
                         continue
-                    self.decode(self._zero_frame(CodecRole.of(role), codec, point, size))
+                    side = np.full((*size, 3), NEUTRAL_SIDE, np.uint8) if codec.uses_side_info else None
+                    self.decode(self._zero_frame(CodecRole.of(role), codec, point, size), side)
                     runs += 1
         return runs
 
@@ -137,17 +134,14 @@ class HostDecoder:
     def decode(self, frame: Frame, side: np.ndarray | None = None) -> Decoded:
         """Decode `frame`; `side` is the decoded reference image (same size) for dependent frames.
 
-        A dependent frame without `side` is decoded with a grey side image (the "decode without
-        side information" policy): lower quality, marked ``side_info_used=False``. Where the intra
-        codec codes that quality's frames alike (a side-information codec trained on its frozen
-        encoder), the frame is the intra frame it is and the intra codec decodes it, at full quality.
+        A dependent frame without `side` (the "decode without side information" policy) is marked
+        ``side_info_used=False``: where the codec's host side is split (DSIN), it is its decode before
+        the side image refines it (trained on the intra codec's frozen decoder: exactly the intra
+        frame); otherwise it is decoded with a grey side image, at a lower quality.
         """
         check_bundle(frame, (self.bundle.id_bytes,))
         codec = self.codec_for(frame)
         point, coding = self._point(codec, frame)
-        if side is None and codec.uses_side_info and (intra := self._intra_coding_like(point)) is not None:
-            codec, point = intra
-            coding = self._coding_of(codec, point)
         if side is not None and not codec.uses_side_info:
             raise ConfigError(
                 f"{frame.role.name} frames ({codec.model}, {codec.role}) decode without side information: "
@@ -160,12 +154,11 @@ class HostDecoder:
                 f"frame declares {format_size(size)} pixels, over this host's max_pixels="
                 f"{self.max_pixels}: raise it if such cameras are expected"
             )
-        host = point.host.path(ph, pw)
-        if host is None:
-            raise UndecodableFrameError(
-                f"{codec.model}'s host graph in this bundle runs at {point.host.describe()} (HxW, padded), "
-                f"the frame is {format_size(size)} ({ph}x{pw} padded): re-export the bundle for it"
-            )
+        refine = point.refine if side is not None else None
+        host, refine_path = (
+            self._graph_path(codec, part, g, size) for part, g in (("host", point.host), ("refine", refine))
+        )
+        assert host is not None
         shapes = codec.latent_shapes(ph, pw)
         if len(frame.segments) != len(shapes):
             raise UndecodableFrameError(
@@ -180,14 +173,11 @@ class HostDecoder:
             latents[latent.name] = entropy.decode(segment, rows, coding.tables[latent.name])
         t1 = time.perf_counter()
         inputs = {"y": latents["y"][None]}  # the host graph reads y (+ side); z only chose y's rows
-        if codec.uses_side_info:
+        if codec.uses_side_info and point.refine is None:
             inputs["side"] = self._side(side, size, codec)[None]
-        image = self._sessions.run(host, inputs)["image"]
-        if image.dtype != np.uint8 or image.shape != (1, ph, pw, 3):
-            raise BundleError(
-                f"host graph {host} gave {image.dtype} {image.shape}, expected uint8 {(1, ph, pw, 3)}: "
-                "the bundle is inconsistent; re-export it"
-            )
+        image = self._run(host, inputs, (ph, pw))
+        if refine_path is not None:
+            image = self._run(refine_path, {"x_dec": image, "side": self._side(side, size, codec)[None]}, (ph, pw))
         return Decoded(
             crop(image[0], size),
             latents["y"],
@@ -195,6 +185,31 @@ class HostDecoder:
             latents,
             {"entropy": t1 - t0, "graph": time.perf_counter() - t1},
         )
+
+    @staticmethod
+    def _graph_path(codec: Codec, part: str, graph: Graph | None, size: Size) -> Path | None:
+        """The file of `graph` that runs at the frame's padded size (None for no graph); refuses a size
+        the bundle has no graph for."""
+        if graph is None:
+            return None
+        padded = padded_size(size, codec.stride)
+        path = graph.path(*padded)
+        if path is None:
+            raise UndecodableFrameError(
+                f"{codec.model}'s {part} graph in this bundle runs at {graph.describe()} (HxW, padded), "
+                f"the frame is {format_size(size)} ({format_size(padded)} padded): re-export the bundle for it"
+            )
+        return path
+
+    def _run(self, path: Path, inputs: dict[str, np.ndarray], padded: Size) -> np.ndarray:
+        """One host-side graph's uint8 image, its shape checked (a wrong one: an inconsistent bundle)."""
+        image = self._sessions.run(path, inputs)["image"]
+        if image.dtype != np.uint8 or image.shape != (1, *padded, 3):
+            raise BundleError(
+                f"graph {path} gave {image.dtype} {image.shape}, expected uint8 {(1, *padded, 3)}: "
+                "the bundle is inconsistent; re-export it"
+            )
+        return image
 
     @staticmethod
     def _side(side: np.ndarray | None, size: Size, codec: Codec) -> np.ndarray:

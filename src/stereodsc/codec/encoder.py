@@ -78,9 +78,9 @@ class EdgeEncoder:
 
     def check_size(self, size: Size) -> None:
         """Refuse an image size this bundle cannot code end to end: the edge graph must run at its
-        padded size, and so must the host graph that will decode it (DSIN's is per size)."""
+        padded size, and so must the host graphs that will decode it (DSIN's exhaustive one is per size)."""
         padded = padded_size(size, self.codec.stride)
-        for part, graph in (("edge", self.point.edge), ("host", self.point.host)):
+        for part, graph in self.point.graphs.items():
             if graph.path(*padded) is None:
                 raise DataError(
                     f"{self.codec.model}'s {part} graph in bundle {self.bundle.path.name} runs at "

@@ -38,11 +38,14 @@ from stereodsc.errors import CheckpointError, ConfigError, StereoDSCError
 from stereodsc.export.graphs import (
     EDGE_INPUTS,
     HOST_OUTPUTS,
+    REFINE_INPUTS,
     SIDE_INPUT,
     EdgeGraph,
     HostGraph,
+    RefineGraph,
     export_graph,
     fixed_size_reason,
+    graph_parts,
     host_input_names,
     latent_names,
     round_weights_to_half,
@@ -60,6 +63,7 @@ from stereodsc.export.parity import (
 )
 from stereodsc.export.scale_path_export import scale_path_from_torch
 from stereodsc.models import CompressionModel, EntropyBottleneck
+from stereodsc.models.dsin import DSIN
 from stereodsc.models.entropy_models import GaussianConditional
 from stereodsc.models.priors import ScaleHyperprior
 from stereodsc.train.checkpoint import model_from_checkpoint
@@ -219,10 +223,12 @@ def _io_spec(model: CompressionModel, latents: list[dict[str, Any]]) -> dict[str
         for lat in latents
     }
     host_inputs = {name: image if name == SIDE_INPUT else specs[name] for name in host_input_names(model)}
-    return {
+    spec = {
         "edge": {"inputs": {EDGE_INPUTS[0]: image}, "outputs": specs},
         "host": {"inputs": host_inputs, "outputs": {HOST_OUTPUTS[0]: image}},
+        "refine": {"inputs": {name: image for name in REFINE_INPUTS}, "outputs": {HOST_OUTPUTS[0]: image}},
     }
+    return {part: spec[part] for part in graph_parts(model)}
 
 
 def _latent_entries(model: CompressionModel, size: tuple[int, int]) -> list[dict[str, Any]]:
@@ -251,11 +257,14 @@ def _example(model: CompressionModel, size: tuple[int, int]) -> tuple[torch.Tens
 def _graph(
     model: CompressionModel, part: str, size: tuple[int, int]
 ) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...], tuple[str, ...], tuple[str, ...]]:
-    """(module, example args, input names, output names) of the edge or host graph."""
+    """(module, example args, input names, output names) of the edge, host or refine graph."""
     image, y = _example(model, size)
     if part == "edge":
         names = latent_names(model)
         return EdgeGraph(model, names), (image,), EDGE_INPUTS, names
+    if part == "refine":
+        assert isinstance(model, DSIN)
+        return RefineGraph(model), (image, image.flip(2)), REFINE_INPUTS, HOST_OUTPUTS
     names = host_input_names(model)
     return HostGraph(model), (y, image)[: len(names)], names, HOST_OUTPUTS
 
@@ -269,11 +278,11 @@ def _export_graphs(
     half: bool,
     written: dict[str, str],
 ) -> dict[str, dict[str, str]]:
-    """Write edge and host graphs of one quality; return part -> size key -> relative path (a graph
-    the bundle already holds byte for byte, e.g. the camera graph of a codec trained with a frozen
-    encoder, is kept once)."""
+    """Write the graphs of one quality (`graph_parts`); return part -> size key -> relative path (a
+    graph the bundle already holds byte for byte, e.g. the camera and host graphs of a codec trained on
+    the intra codec's frozen encoder and decoder, is kept once)."""
     parts: dict[str, dict[str, str]] = {}
-    for part in ("edge", "host"):
+    for part in graph_parts(model):
         dynamic = fixed_size_reason(model, part) is None
         files: dict[str, str] = {}
         for size in padded[:1] if dynamic else padded:
@@ -361,7 +370,7 @@ def export_bundle(
         for role, group in groups.items():
             model = group[0].model
             padded = _padded_sizes(model, sizes)
-            for part in ("edge", "host"):
+            for part in graph_parts(model):
                 reason = fixed_size_reason(model, part)
                 if reason:
                     notes.append(f"{role} {part} graphs: fixed sizes {[size_key(*p) for p in padded]} ({reason})")
@@ -399,6 +408,7 @@ def export_bundle(
                         q,
                         paths["edge"],
                         paths["host"],
+                        paths.get("refine"),
                         samples,
                         sizes,
                         scale_net=scale_net,
@@ -436,7 +446,8 @@ def export_bundle(
                 "latents": latents,
                 "io": _io_spec(model, latents),
                 "shapes": {
-                    part: "dynamic" if fixed_size_reason(model, part) is None else "fixed" for part in ("edge", "host")
+                    part: "dynamic" if fixed_size_reason(model, part) is None else "fixed"
+                    for part in graph_parts(model)
                 },
                 "sizes": [size_key(*p) for p in padded],
                 "weights": weights,

@@ -7,6 +7,12 @@ and the rounding all sit inside the graph, so a camera board feeds camera bytes 
 integers the entropy coder takes. Host: ``y`` int32 (+ ``side`` uint8 [1, H, W, 3]) -> ``image``
 uint8 [1, H, W, 3], rounded as ``round(255 clamp(x_hat, 0, 1))``. The hyperprior's h_s is in
 neither graph: its table rows come from the bundle's integer scale net (`stereodsc.entropy.scale_path`).
+
+A model that refines its own decode with the side image (`refines_decode`: DSIN matching against the
+side image itself) splits its host side in two: the host graph decodes ``y`` alone to x_dec (uint8),
+and the refine graph takes (``x_dec``, ``side``) uint8 to ``image``, x_hat. Trained on the intra codec's frozen
+decoder, its host graph is the intra codec's byte for byte, so the bundle stores it once and such a
+quality costs only its refine graph (~0.1 MB); without a side image the host shows x_dec.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from stereodsc.wire import MAX_DIM
 EDGE_INPUTS = ("image",)
 HOST_OUTPUTS = ("image",)
 SIDE_INPUT = "side"
+REFINE_INPUTS = ("x_dec", SIDE_INPUT)
 
 
 def to_float(image: Tensor) -> Tensor:
@@ -58,15 +65,46 @@ class EdgeGraph(nn.Module):
 
 
 class HostGraph(nn.Module):
-    """Host side: symbols (+ the decoded side image for side-information models) -> uint8 image."""
+    """Host side: symbols (+ the decoded side image for side-information models) -> uint8 image;
+    for a model that `refines_decode`, symbols -> its decode before refinement, x_dec."""
 
     def __init__(self, model: CompressionModel) -> None:
         super().__init__()
         self.model = for_host_export(model)
+        self.decode_only = refines_decode(model)
 
     def forward(self, y: Tensor, side: Tensor | None = None) -> Tensor:
+        if self.decode_only:
+            assert isinstance(self.model, DSIN)
+            return to_uint8(self.model.decode_without_side(y.to(torch.float32)))
         side_float = None if side is None else to_float(side)
         return to_uint8(self.model.synthesis({"y": y.to(torch.float32)}, side_float))
+
+
+class RefineGraph(nn.Module):
+    """Host side of a model that `refines_decode`: (x_dec, decoded side image) uint8 -> uint8 x_hat."""
+
+    def __init__(self, model: DSIN) -> None:
+        super().__init__()
+        exported = for_host_export(model)
+        assert isinstance(exported, DSIN)
+        self.model = exported
+
+    def forward(self, x_dec: Tensor, side: Tensor) -> Tensor:
+        x_hat, _ = self.model.refine(to_float(x_dec), to_float(side))
+        return to_uint8(x_hat)
+
+
+def refines_decode(model: CompressionModel) -> bool:
+    """Whether the model's host side is its plain decode x_dec = g_s(y) followed by a refinement with
+    the side image that reads nothing else (DSIN without re-encoding the side image): exported as two
+    graphs, host and refine."""
+    return isinstance(model, DSIN) and not model.reencode_side
+
+
+def graph_parts(model: CompressionModel) -> tuple[str, ...]:
+    """The graphs each quality of the model exports, in the order they run."""
+    return ("edge", "host", "refine") if refines_decode(model) else ("edge", "host")
 
 
 def for_host_export(model: CompressionModel) -> CompressionModel:
@@ -81,7 +119,7 @@ def for_host_export(model: CompressionModel) -> CompressionModel:
 
 
 def host_input_names(model: CompressionModel) -> tuple[str, ...]:
-    return ("y", SIDE_INPUT) if model.uses_side_info else ("y",)
+    return ("y", SIDE_INPUT) if model.uses_side_info and not refines_decode(model) else ("y",)
 
 
 def latent_names(model: CompressionModel) -> tuple[str, ...]:
@@ -97,10 +135,11 @@ def fixed_size_reason(model: CompressionModel, part: str) -> str | None:
     """
     if getattr(model, "patch_mode", None) == "grid":
         return "NDIC-CAM with patch_mode='grid' runs only at its training image_size"
-    if part == "host" and isinstance(model, DSIN) and model.search == "exhaustive":
+    si_part = "refine" if refines_decode(model) else "host"
+    if part == si_part and isinstance(model, DSIN) and model.search == "exhaustive":
         return (
             "DSIN's exhaustive SI-Finder loops over the rows of patches and indexes by the padded width "
-            "(shape-dependent control flow): one host graph per padded size (search='band' exports once)"
+            f"(shape-dependent control flow): one {si_part} graph per padded size (search='band' exports once)"
         )
     return None
 
@@ -142,7 +181,7 @@ def export_graph(
         image_dims = {1: stride * h, 2: stride * w}
         ratio = stride // (y_stride or stride)
         y_dims = {2: h, 3: w} if ratio == 1 else {2: ratio * h, 3: ratio * w}
-        by_name = {"image": image_dims, SIDE_INPUT: image_dims, "y": y_dims}
+        by_name = {"image": image_dims, REFINE_INPUTS[0]: image_dims, SIDE_INPUT: image_dims, "y": y_dims}
         dynamic_shapes = {name: by_name[name] for name in input_names}
     module.eval()
     with _quiet(), torch.no_grad():

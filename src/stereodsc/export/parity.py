@@ -128,13 +128,16 @@ def check_quality(
     quality: int,
     edge_paths: dict[tuple[int, int], Path],
     host_paths: dict[tuple[int, int], Path],
+    refine_paths: dict[tuple[int, int], Path] | None,
     samples: Sequence[SamplePair],
     sizes: Sequence[tuple[int, int]],
     *,
     scale_net: IntegerScaleNet | None = None,
     y_tables: CdfTables | None = None,
 ) -> list[ParityResult]:
-    """Run both graphs and the torch model on every sample at every image size (padded per graph).
+    """Run the graphs and the torch model on every sample at every image size (padded per graph).
+    `refine_paths`: a model that `refines_decode` (host graph -> x_dec, refine graph -> x_hat); the
+    torch reference is its unsplit synthesis, so the parity includes the rounding of x_dec to 8 bits.
 
     A scale-hyperprior model needs `scale_net` (the bundle's) and `y_tables` (y's integer tables,
     for the rate of each path).
@@ -148,6 +151,7 @@ def check_quality(
         padded = padded_size(size, model.stride)
         edge = open_session(edge_paths[padded])
         host = open_session(host_paths[padded])
+        refine = None if refine_paths is None else open_session(refine_paths[padded])
         for i, (x_img, side_img) in enumerate(samples):
             x = fit(x_img, size, model.stride)
             outputs = edge.run({"image": x[None]})
@@ -168,12 +172,15 @@ def check_quality(
                 assert scale_net is not None and y_tables is not None
                 scale_path = scale_path_parity(hyperprior, scale_net, [outputs["z"][0]], [symbols[0]], y_tables)
             feed = {"y": symbols}
-            side = None
-            if model.uses_side_info:
-                feed[SIDE_INPUT] = fit(side_img, size, model.stride)[None]
-                side = to_float(torch.from_numpy(feed[SIDE_INPUT]))
+            side_u8 = fit(side_img, size, model.stride)[None]
+            side = to_float(torch.from_numpy(side_u8)) if model.uses_side_info else None
+            if model.uses_side_info and refine is None:
+                feed[SIDE_INPUT] = side_u8
             assert tuple(feed) == host_input_names(model)
-            out_onnx = host.run(feed)["image"][0]
+            out_onnx = host.run(feed)["image"]
+            if refine is not None:
+                out_onnx = refine.run({"x_dec": out_onnx, SIDE_INPUT: side_u8})["image"]
+            out_onnx = out_onnx[0]
             y = torch.from_numpy(symbols).to(torch.float32)
             out_torch = to_uint8(model.synthesis({"y": y}, side))[0].numpy()
             results.append(

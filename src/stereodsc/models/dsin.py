@@ -402,10 +402,12 @@ class DSIN(BalleModel):
         return si_finder(x_dec, side_dec, side, self.patch, self.gaussian_prior, self.max_row_offset)
 
     def refine(self, x_dec: Tensor, side: Tensor) -> tuple[Tensor, Tensor]:
-        """(x_hat, side_syn) from the decoded x and the side image."""
+        """(x_hat, side_syn) from the decoded x and the side image. x_dec is taken in the image range,
+        as a host whose host side is split passes it from one graph to the next (in 8 bits)."""
+        x_dec = x_dec.clamp(0, 1)
         with torch.no_grad():
             side_dec = self.g_s(torch.round(self.g_a(side))) if self.reencode_side else side
-            side_syn = self.find(x_dec.clamp(0, 1), side_dec.clamp(0, 1), side)
+            side_syn = self.find(x_dec, side_dec.clamp(0, 1), side)
         return self.si_net(x_dec, side_syn), side_syn
 
     def forward(self, x: Tensor, side: Tensor | None = None) -> dict[str, Any]:
@@ -431,3 +433,8 @@ class DSIN(BalleModel):
     def synthesis(self, latents: dict[str, Tensor], side: Tensor | None = None) -> Tensor:
         x_hat, _ = self.refine(self.g_s(latents["y"]), self.check_side(side))
         return x_hat.clamp(0, 1)
+
+    def decode_without_side(self, y: Tensor) -> Tensor:
+        """x_dec, the decode before the side image refines it: what a host shows of a frame whose side
+        image is missing (with a frozen decoder, exactly the intra codec's decode)."""
+        return self.g_s(y).clamp(0, 1)

@@ -105,9 +105,10 @@ def prepare(
     progress: Callable[[str], None] | None = None,
 ) -> Session:
     """Open a session and make it ready for every shape set in `input_shapes` (the camera sizes, as
-    the graph sees them: {"image": (1, H, W, 3)}, or {"y": ..., "side": ...} for a host graph): native
-    TensorRT builds or loads one engine per shape set, the TensorRT EP builds its engines, the CUDA EP
-    picks its kernels, device buffers are allocated. Call it at start-up and keep the session."""
+    the graph sees them: {"image": (1, H, W, 3)}, {"y": ..., "side": ...} for a host graph, {"x_dec": ...,
+    "side": ...} for a refine graph): native TensorRT builds or loads one engine per shape set, the
+    TensorRT EP builds its engines, the CUDA EP picks its kernels, device buffers are allocated. Call it
+    at start-up and keep the session."""
     shapes = [dict(s) for s in input_shapes]
     if progress:
         progress(f"preparing {onnx_path.name} on {backend} for {len(shapes)} input size(s)")

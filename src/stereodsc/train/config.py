@@ -59,6 +59,8 @@ class TrainSection:
     # Steps of linear learning-rate ramp (lr/warmup, 2 lr/warmup, ... lr) whenever the optimiser's moments start
     # fresh: a new run, a warm start, a resume from the kept compact checkpoint (a fresh clone). Fresh Adam
     # moments take a full lr-sized step in every weight at once, which knocks a converged model back; 0: none.
+    # Measured: intra 0.012 resumed from its kept weights (step 9,000, held-out loss 2.2066), 500 steps at lr 1e-4:
+    # 2.2170 without a ramp, 2.2078 with warmup = 500.
     warmup: int = 0
     validate_every: int = 100
     checkpoint_every: int = 100

@@ -21,7 +21,25 @@ from stereodsc.sample import drive_path, native_drive_path
 # the held-out native pair (375x1242) for the native ones (SAMPLE). Dependent cameras decode with the
 # reference camera's decoded frame (the bundle's own intra codec, or the default bundle's, at the
 # same quality), as on a rig.
-NATIVE_CARD = {  # the held-out 375x1242 frame; λ 0.0003 / 0.002 / 0.012 / 0.05
+NATIVE_CARD = {  # the held-out 375x1242 frame; λ 0.0003 / 0.002 / 0.005 / 0.012 / 0.025 / 0.05
+    "intra": {
+        0: (0.0592, 20.06),
+        1: (0.1604, 22.16),
+        2: (0.3696, 24.20),
+        3: (0.6165, 24.39),
+        4: (0.8624, 25.49),
+        5: (0.9854, 25.69),
+    },
+    "side_info": {
+        0: (0.0456, 20.80),
+        1: (0.1516, 23.22),
+        2: (0.3508, 25.46),
+        3: (0.5888, 25.65),
+        4: (0.8122, 26.89),
+        5: (1.0020, 26.79),
+    },
+}
+CARD = {  # the held-out 375x1242 frame; λ 0.0003 / 0.002 / 0.012 / 0.05
     "intra": {0: (0.0592, 20.06), 1: (0.1604, 22.16), 2: (0.6165, 24.39), 3: (1.0596, 25.42)},
     "side_info": {0: (0.0456, 20.80), 1: (0.1516, 23.22), 2: (0.5888, 25.65), 3: (1.0020, 26.79)},
 }

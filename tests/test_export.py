@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from stereodsc.bundle import MANIFEST, load_bundle
+from stereodsc.bundle import MANIFEST, load_bundle, write_manifest
 from stereodsc.codec.coding import load_coding
 from stereodsc.errors import BundleError, CheckpointError, ConfigError
 from stereodsc.export import DEFAULT_SIZES, ParityError, ParityResult, export_bundle
@@ -163,6 +163,16 @@ def test_load_bundle_refuses_tampering(stereo: Path, tmp_path: Path) -> None:
     (missing / "side_info/q0/edge.onnx").unlink()
     with pytest.raises(BundleError, match=r"edge\.onnx is missing"):
         load_bundle(missing)
+
+    refined = _copy(stereo, tmp_path / "refined")  # a graph part the intra codec has no use for, re-hashed
+    manifest = json.loads((refined / MANIFEST).read_text())
+    graphs = manifest["codecs"]["intra"]["qualities"][0]["graphs"]
+    graphs["refine"] = graphs["host"]
+    write_manifest(refined, {k: v for k, v in manifest.items() if k not in ("files", "schema", "manifest_sha256")})
+    with pytest.raises(
+        BundleError, match=r"graphs \['refine'\] this stereodsc does not run \(intra codecs have edge, host\)"
+    ):
+        load_bundle(refined)
 
     bundle = load_bundle(stereo, expected_id=load_bundle(stereo).id[:16])
     with pytest.raises(BundleError, match="expected 0000"):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from stereodsc.errors import ConfigError
-from stereodsc.export.graphs import HostGraph
+from stereodsc.export.graphs import RefineGraph
 from stereodsc.models import band_si_finder, build_model
 from stereodsc.models.dsin import DSIN, SINet, _colour_transform, normalize
 from stereodsc.models.ndic_cam import BandAttention
@@ -113,9 +113,9 @@ def test_widened_si_net_is_the_same_function_and_the_host_graph_uses_it() -> Non
     x, side = textured(32, 64), textured(32, 64, seed=1)
     torch.testing.assert_close(wide(x, side), net(x, side), rtol=0, atol=1e-6)
     model = build_model("dsin", **TINY, **{**BAND_DSIN, "si_width": 12}, reencode_side=False)
-    assert isinstance(HostGraph(model).model, DSIN) and HostGraph(model).model.si_net.width == 16
+    assert RefineGraph(model).model.si_net.width == 16  # the graph that runs the SI-Net
     assert model.si_net.width == 12  # the trained model is left as it is
-    assert HostGraph(build_model("dsin", **TINY, **BAND_DSIN, reencode_side=False)).model.si_net.width == 8
+    assert RefineGraph(build_model("dsin", **TINY, **BAND_DSIN, reencode_side=False)).model.si_net.width == 8
 
 
 # --- NDIC-CAM: row attention ----------------------------------------------------------------------

@@ -258,12 +258,11 @@ def _codec(folder: Path, role: str, raw: dict[str, Any], listed: Mapping[str, An
         missing |= {f"scale_paths[{name}]" for name in conditioned - set(q.scale_paths)}
         if missing:
             raise BundleError(f"{folder / MANIFEST}: {role} quality {q.index} lacks {sorted(missing)}")
-        unknown = set(q.graphs) - set(GRAPH_PARTS if codec.uses_side_info else GRAPH_PARTS[:2])
-        if unknown:
+        runs = GRAPH_PARTS if codec.uses_side_info else GRAPH_PARTS[:2]  # only a side image is refined
+        if unknown := set(q.graphs) - set(runs):
             raise BundleError(
                 f"{folder / MANIFEST}: {role} quality {q.index} has graphs {sorted(unknown)} this stereodsc does "
-                f"not run ({role} codecs have {'edge, host, refine' if codec.uses_side_info else 'edge, host'}): "
-                "use the stereodsc release that exported the bundle"
+                f"not run ({role} codecs have {', '.join(runs)}): use the stereodsc release that exported the bundle"
             )
         if set(q.scale_paths) - conditioned:
             raise BundleError(

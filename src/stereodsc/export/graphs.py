@@ -70,8 +70,8 @@ class HostGraph(nn.Module):
 
     def __init__(self, model: CompressionModel) -> None:
         super().__init__()
-        self.model = for_host_export(model)
         self.decode_only = refines_decode(model)
+        self.model = model if self.decode_only else for_host_export(model)  # no SI-Net to widen in x_dec
 
     def forward(self, y: Tensor, side: Tensor | None = None) -> Tensor:
         if self.decode_only:

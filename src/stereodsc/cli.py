@@ -519,7 +519,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument(
         "--quality",
         type=int,
-        help="quality index for both cameras (default 1, the second-lowest rate; with --native the second-highest)",
+        help="quality index for both cameras (default 1, the second-lowest rate; with --native the third-highest)",
     )
     d.add_argument(
         "--native",

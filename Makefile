@@ -78,7 +78,7 @@ $(foreach l,$(LAMBDAS),$(eval runs/dsin_$(l)/finished: runs/balle2017_$(l)/finis
 # from ndic. Commit weights/ at the end of a session: a session's processes end within 3 hours.
 NATIVE_LAMBDAS = 0.05 0.025 0.012 0.005 0.002 0.0008 0.0003 0.0001
 NATIVE_WEIGHTS = $(foreach m,balle2018 dsin ndic,$(foreach l,$(NATIVE_LAMBDAS),runs/$(m)_native_l$(l)/finished)) \
-	runs/ndic_cam_native_l0.012/finished runs/balle2018_native_l0.1/finished
+	runs/ndic_cam_native_l0.012/finished
 .PHONY: native-weights
 native-weights: $(NATIVE_WEIGHTS)
 native_lower = $(wordlist 2,99,$(NATIVE_LAMBDAS))
@@ -87,7 +87,6 @@ $(foreach p,$(join $(native_lower),$(addprefix :,$(native_higher))),$(eval \
 	runs/balle2018_native_l$(firstword $(subst :, ,$(p)))/finished: runs/balle2018_native_l$(lastword $(subst :, ,$(p)))/finished))
 $(foreach m,dsin ndic,$(foreach l,$(NATIVE_LAMBDAS),$(eval runs/$(m)_native_l$(l)/finished: runs/balle2018_native_l$(l)/finished)))
 runs/ndic_cam_native_l0.012/finished: runs/ndic_native_l0.012/finished
-runs/balle2018_native_l0.1/finished: runs/balle2018_native_l0.05/finished  # above the ladder: refit from 0.05
 
 # Export the trained runs as the bundles that ship in the package (float16 kernels, parity-checked):
 # default = the paper-protocol models (128x256 crops of one drive); native = the native-resolution intra

@@ -499,6 +499,33 @@ def test_a_wider_host_decoder_starts_as_the_narrow_one_and_learns(tmp_path: Path
     assert second.grad is not None and second.grad[8:, :8].abs().sum() > 0
 
 
+def test_a_larger_latent_grows_from_a_trained_model_and_a_smaller_one_is_refused(tmp_path: Path) -> None:
+    """The high rates need more latent channels than a preset has: a model with a larger M warm-starts from
+    the trained one and decodes what it did (the new channels feed the decoder through zeros), while its
+    decoder learns to use them. A smaller M cannot start from it: a clear error, not a half-loaded model."""
+    torch.set_num_threads(1)
+    options = {"N": 8, "M": 8, "encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}
+    raw = tiny_config(tmp_path / "m8", "balle2018", steps=1)
+    raw["model"]["options"] = options
+    small = train(config_from_dict(raw), progress=False)
+    model = {**raw["model"], "options": {**options, "M": 12}}
+    large = Trainer(config_from_dict(tiny_config(tmp_path / "m12", "balle2018") | {"model": model}), progress=False)
+    large.warm_start(str(small.latest_path))
+    x, _ = large.batch(0)
+    small.model.eval(), large.model.eval()
+    with torch.no_grad():
+        assert torch.allclose(large.model(x)["x_hat"], small.model(x)["x_hat"], atol=1e-5)
+    large.model.train()  # training's noise stands in for rounding: small new latents carry signal
+    large.forward_and_loss(x, x)[1]["loss"].backward()
+    first = large.model.g_s[0][0].weight  # ConvTranspose2d: (in, out, k, k); rows 8: are the new latent channels
+    assert torch.equal(first.detach()[8:], torch.zeros_like(first[8:]))
+    assert first.grad is not None and first.grad[8:].abs().sum() > 0
+    model = {**raw["model"], "options": {**options, "M": 6}}
+    smaller = Trainer(config_from_dict(tiny_config(tmp_path / "m6", "balle2018") | {"model": model}), progress=False)
+    with pytest.raises(CheckpointError, match="only grow"):
+        smaller.warm_start(str(small.latest_path))
+
+
 def test_validation_reports_bpp_psnr_msssim(tmp_path: Path) -> None:
     trainer = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
     val = trainer.validate()

@@ -205,6 +205,11 @@ def _grown(old: torch.Tensor, fresh: torch.Tensor, dims: tuple[int, int | None] 
     return grown
 
 
+# Options a warm start from the same model may grow (a larger latent or wider layers for the high rates where
+# a preset saturates): every tensor keeps its old values in its leading slice (`_grown`), so the grown model
+# starts at the old one's reconstruction. The bitstream changes with them: a grown model is a new quality.
+GROWABLE_OPTIONS = frozenset({"N", "M", "hyper_channels", "edge_channels"})
+
 # A validation loss this many times the run's best is logged as a regression (the intra codec's top point
 # once lost 1-4 dB per data set between two validations, and its worse weights were shipped).
 REGRESSION_WARNING = 1.05
@@ -421,8 +426,9 @@ class Trainer:
         tensor of the same name that grew (ndic_cam's decoder layers also take the cross-attention
         output as extra input channels; a wider host decoder, [model.options] N, has more channels)
         gets the old values in its leading slice (`_grown`): the new model starts computing exactly
-        what the old one did, and learns from there. The same model with other host-only options
-        loads this way too; the modules those options reshape start fresh (`fresh_modules`).
+        what the old one did, and learns from there. The same model with other host-only options, or with
+        a GROWABLE_OPTIONS option grown (a larger latent M), loads this way too; the modules host-only
+        options reshape start fresh (`fresh_modules`).
         """
         ckpt = load_checkpoint(path)
         if ckpt["model"] == self.model.name:
@@ -434,12 +440,14 @@ class Trainer:
                     "warm start from %s: the whole %s model (step %s of its run)", path, ckpt["model"], ckpt["step"]
                 )
                 return
-            if not differ <= self.model.host_only_options:
+            if not differ <= self.model.host_only_options | GROWABLE_OPTIONS:
                 raise CheckpointError(
                     f"init_from {path} holds {theirs}, the config asks for {own_config}: "
-                    "set [model] preset and [model.options] to the checkpoint's to fine-tune it"
+                    "set [model] preset and [model.options] to the checkpoint's to fine-tune it (only "
+                    f"{', '.join(sorted(GROWABLE_OPTIONS))} may grow, and options that shape the host alone may change)"
                 )
-            # Only host-side parts differ: a wider decoder grows (below); a module whose form changed (DSIN's
+            # Only host-side parts differ or channels grow: wider layers or a larger latent grow (below); a
+            # host-side module whose form changed (DSIN's
             # SI-Net width or residual form) starts fresh, even where a tensor's shape happens to match (a
             # residual SI-Net must start at zero).
             fresh_modules = tuple(self.model.fresh_modules[o] for o in differ if o in self.model.fresh_modules)
@@ -447,6 +455,7 @@ class Trainer:
         own = self.model.state_dict()
         shared: dict[str, torch.Tensor] = {}
         grown: list[str] = []
+        misfits: list[str] = []
         for k, v in ckpt["model_state"].items():
             if k not in own:
                 continue
@@ -456,6 +465,13 @@ class Trainer:
                 module, _, param = k.rpartition(".")
                 shared[k] = _grown(v, own[k], _channel_dims(self.model.get_submodule(module), param))
                 grown.append(k)
+            else:
+                misfits.append(f"{k} {tuple(v.shape)} -> {tuple(own[k].shape)}")
+        if misfits and ckpt["model"] == self.model.name:
+            raise CheckpointError(
+                f"init_from {path}: {len(misfits)} tensors would shrink or change form, not grow "
+                f"({'; '.join(misfits[:3])}): options may only grow channels ({', '.join(sorted(GROWABLE_OPTIONS))})"
+            )
         if not shared:
             raise CheckpointError(
                 f"init_from {path} holds a {ckpt['model']} model that shares no weights with {self.model.name}; "

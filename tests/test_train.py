@@ -474,17 +474,23 @@ def test_a_new_si_net_warm_starts_from_the_same_codec_with_another(tmp_path: Pat
         )
 
 
+MINIMAL = {"N": 8, "M": 8, "encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}
+
+
+def minimal_trainer(folder: Path, **options: Any) -> Trainer:
+    """A trainer of a tiny balle2018 with the camera's minimal encoder, MINIMAL's options changed by `options`."""
+    model = {"name": "balle2018", "options": {**MINIMAL, **options}}
+    return Trainer(config_from_dict(tiny_config(folder, "balle2018", steps=1) | {"model": model}), progress=False)
+
+
 def test_a_wider_host_decoder_starts_as_the_narrow_one_and_learns(tmp_path: Path) -> None:
     """With the camera's minimal encoder, N is the host decoder's width alone: a quality may grow it.
     Warm-started from the narrow model, the wide one decodes what it did, and its new channels learn
     (zeros on both sides of a new unit would give them no gradient)."""
     torch.set_num_threads(1)
-    options = {"N": 8, "M": 8, "encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}
-    raw = tiny_config(tmp_path / "narrow", "balle2018", steps=1)
-    raw["model"]["options"] = options
-    narrow = train(config_from_dict(raw), progress=False)
-    model = {**raw["model"], "options": {**options, "N": 16}}
-    wide = Trainer(config_from_dict(tiny_config(tmp_path / "wide", "balle2018") | {"model": model}), progress=False)
+    narrow = minimal_trainer(tmp_path / "narrow")
+    narrow.run()
+    wide = minimal_trainer(tmp_path / "wide", N=16)
     assert wide.model.host_only_options == {"N"}
     wide.warm_start(str(narrow.latest_path))
     theirs = narrow.model.state_dict()
@@ -504,12 +510,9 @@ def test_a_larger_latent_grows_from_a_trained_model_and_a_smaller_one_is_refused
     the trained one and decodes what it did (the new channels feed the decoder through zeros), while its
     decoder learns to use them. A smaller M cannot start from it: a clear error, not a half-loaded model."""
     torch.set_num_threads(1)
-    options = {"N": 8, "M": 8, "encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}
-    raw = tiny_config(tmp_path / "m8", "balle2018", steps=1)
-    raw["model"]["options"] = options
-    small = train(config_from_dict(raw), progress=False)
-    model = {**raw["model"], "options": {**options, "M": 12}}
-    large = Trainer(config_from_dict(tiny_config(tmp_path / "m12", "balle2018") | {"model": model}), progress=False)
+    small = minimal_trainer(tmp_path / "m8")
+    small.run()
+    large = minimal_trainer(tmp_path / "m12", M=12)
     large.warm_start(str(small.latest_path))
     x, _ = large.batch(0)
     small.model.eval(), large.model.eval()
@@ -520,10 +523,8 @@ def test_a_larger_latent_grows_from_a_trained_model_and_a_smaller_one_is_refused
     first = large.model.g_s[0][0].weight  # ConvTranspose2d: (in, out, k, k); rows 8: are the new latent channels
     assert torch.equal(first.detach()[8:], torch.zeros_like(first[8:]))
     assert first.grad is not None and first.grad[8:].abs().sum() > 0
-    model = {**raw["model"], "options": {**options, "M": 6}}
-    smaller = Trainer(config_from_dict(tiny_config(tmp_path / "m6", "balle2018") | {"model": model}), progress=False)
     with pytest.raises(CheckpointError, match="only grow"):
-        smaller.warm_start(str(small.latest_path))
+        minimal_trainer(tmp_path / "m6", M=6).warm_start(str(small.latest_path))
 
 
 def test_validation_reports_bpp_psnr_msssim(tmp_path: Path) -> None:

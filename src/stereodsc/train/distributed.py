@@ -118,6 +118,9 @@ def launch(wanted: str = "auto") -> Iterator[Distributed]:
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=TIMEOUT)
     try:
         yield Distributed(rank, world, local_rank, device)
+        # Every rank done before any tears its connections down: a rank whose peer had already left aborted
+        # at exit once ("terminate called without an active exception", gloo on CPU).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

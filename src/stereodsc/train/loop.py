@@ -205,10 +205,11 @@ def _grown(old: torch.Tensor, fresh: torch.Tensor, dims: tuple[int, int | None] 
     return grown
 
 
-# Options a warm start from the same model may grow (a larger latent or wider layers for the high rates where
-# a preset saturates): every tensor keeps its old values in its leading slice (`_grown`), so the grown model
-# starts at the old one's reconstruction. The bitstream changes with them: a grown model is a new quality.
-GROWABLE_OPTIONS = frozenset({"N", "M", "hyper_channels", "edge_channels"})
+# Options a warm start from the same model may grow besides its host-only ones: the latent, for the high rates
+# where a preset saturates. Every tensor keeps its old values in its leading slice (`_grown`), so the grown model
+# starts at the old one's reconstruction; the bitstream changes: a grown model is a new quality. (A config that
+# differs in more, e.g. a forgotten preset, is refused: growing the whole encoder is not what it asked for.)
+GROWABLE_OPTIONS = frozenset({"M"})
 
 # A validation loss this many times the run's best is logged as a regression (the intra codec's top point
 # once lost 1-4 dB per data set between two validations, and its worse weights were shipped).
@@ -470,7 +471,8 @@ class Trainer:
         if misfits and ckpt["model"] == self.model.name:
             raise CheckpointError(
                 f"init_from {path}: {len(misfits)} tensors would shrink or change form, not grow "
-                f"({'; '.join(misfits[:3])}): options may only grow channels ({', '.join(sorted(GROWABLE_OPTIONS))})"
+                f"({'; '.join(misfits[:3])}): options may only grow "
+                f"({', '.join(sorted(GROWABLE_OPTIONS))}, host-only widths)"
             )
         if not shared:
             raise CheckpointError(

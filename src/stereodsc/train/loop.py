@@ -447,10 +447,9 @@ class Trainer:
                     "set [model] preset and [model.options] to the checkpoint's to fine-tune it (only "
                     f"{', '.join(sorted(GROWABLE_OPTIONS))} may grow, and options that shape the host alone may change)"
                 )
-            # Only host-side parts differ or channels grow: wider layers or a larger latent grow (below); a
-            # host-side module whose form changed (DSIN's
-            # SI-Net width or residual form) starts fresh, even where a tensor's shape happens to match (a
-            # residual SI-Net must start at zero).
+            # Only host-side parts or the latent's size differ: a wider host decoder or a larger latent grows
+            # (below); a host-side module whose form changed (DSIN's SI-Net width or residual form) starts fresh,
+            # even where a tensor's shape happens to match (a residual SI-Net must start at zero).
             fresh_modules = tuple(self.model.fresh_modules[o] for o in differ if o in self.model.fresh_modules)
             ckpt["model_state"] = {k: v for k, v in ckpt["model_state"].items() if not k.startswith(fresh_modules)}
         own = self.model.state_dict()

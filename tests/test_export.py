@@ -273,8 +273,9 @@ def test_a_kernel_beyond_float16_stays_float32(tmp_path: Path) -> None:
 
 
 def test_qualities_of_one_codec_may_differ_in_host_only_options(tmp_path: Path) -> None:
-    """DSIN's SI-Net width and residual form shape only the host graph: one codec may ship a
-    residual width-8 SI-Net at one quality and a width-12 one at another (the native bundle does)."""
+    """DSIN's SI-Net width and residual form, and a host post-filter, shape only the host graph: one
+    codec may ship a residual width-8 SI-Net at one quality and a width-12 one at another (the native
+    bundle does), or a wider decoder with a post-filter at one quality only."""
     wide, residual = tmp_path / "wide.pt", tmp_path / "residual.pt"
     write_checkpoint(wide, "dsin", {"max_row_offset": 8, "si_width": 12}, 0.002, 5)
     write_checkpoint(residual, "dsin", {"max_row_offset": 8, "si_width": 8, "si_residual": True}, 0.01, 6)
@@ -283,20 +284,20 @@ def test_qualities_of_one_codec_may_differ_in_host_only_options(tmp_path: Path) 
     codec = json.loads((out / MANIFEST).read_text())["codecs"]["side_info"]
     assert "si_width" not in codec["model_config"] and codec["model_config"]["max_row_offset"] == 8
     assert [q["host_options"] for q in codec["qualities"]] == [  # ordered by lambda; every graph parity-checked
-        {"si_residual": False, "si_width": 12},
-        {"si_residual": True, "si_width": 8},
+        {"post_width": 0, "si_residual": False, "si_width": 12},
+        {"post_width": 0, "si_residual": True, "si_width": 8},
     ]
     assert all(q["parity"] for q in codec["qualities"])
     narrow, wide_decoder = tmp_path / "narrow.pt", tmp_path / "wide_decoder.pt"
     minimal = {"encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}
     write_checkpoint(narrow, "balle2018", minimal, 0.002, 8)
-    write_checkpoint(wide_decoder, "balle2018", {**minimal, "N": 16}, 0.01, 9)  # a wider host decoder on top
+    write_checkpoint(wide_decoder, "balle2018", {**minimal, "N": 16, "post_width": 8}, 0.01, 9)  # more host on top
     export_bundle(
         [narrow, wide_decoder], tmp_path / "d", sample_images=[sample_pair()], sizes=SMALL_SIZES, progress=False
     )
     codec = json.loads((tmp_path / "d" / MANIFEST).read_text())["codecs"]["intra"]
     assert "N" not in codec["model_config"]
-    assert [q["host_options"] for q in codec["qualities"]] == [{"N": 8}, {"N": 16}]
+    assert [q["host_options"] for q in codec["qualities"]] == [{"N": 8, "post_width": 0}, {"N": 16, "post_width": 8}]
     assert all(q["parity"] for q in codec["qualities"])
     other = tmp_path / "other.pt"
     write_checkpoint(other, "dsin", {"max_row_offset": 4}, 0.05, 7)  # the band the edge frames rely on

@@ -16,8 +16,9 @@ import torch.nn.functional as F
 from stereodsc.errors import ConfigError
 from stereodsc.export.graphs import RefineGraph
 from stereodsc.models import band_si_finder, build_model
-from stereodsc.models.dsin import DSIN, SINet, _colour_transform, normalize
+from stereodsc.models.dsin import DSIN, _colour_transform
 from stereodsc.models.ndic_cam import BandAttention
+from stereodsc.models.refine_net import RefineNet, normalize
 
 torch.set_num_threads(1)
 
@@ -105,7 +106,7 @@ def test_widened_si_net_is_the_same_function_and_the_host_graph_uses_it() -> Non
     """onnxruntime runs a 12-channel conv chain 2x slower than a 16-channel one (layout changes after
     every layer): the host graph carries the SI-Net widened with zero channels, the same function."""
     torch.manual_seed(0)
-    net = SINet(12, residual=True)
+    net = RefineNet(12, residual=True)
     for p in net.parameters():
         p.data.normal_(0, 0.1)
     wide = net.widened(16)

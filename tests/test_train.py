@@ -491,7 +491,7 @@ def test_a_wider_host_decoder_starts_as_the_narrow_one_and_learns(tmp_path: Path
     narrow = minimal_trainer(tmp_path / "narrow")
     narrow.run()
     wide = minimal_trainer(tmp_path / "wide", N=16)
-    assert wide.model.host_only_options == {"N"}
+    assert wide.model.host_only_options == {"N", "post_width"}
     wide.warm_start(str(narrow.latest_path))
     theirs = narrow.model.state_dict()
     assert all(torch.equal(v, theirs[k]) for k, v in wide.model.state_dict().items() if not k.startswith("g_s."))
@@ -525,6 +525,28 @@ def test_a_larger_latent_grows_from_a_trained_model_and_a_smaller_one_is_refused
     assert first.grad is not None and first.grad[8:].abs().sum() > 0
     with pytest.raises(CheckpointError, match="only grow"):
         minimal_trainer(tmp_path / "m6", M=6).warm_start(str(small.latest_path))
+
+
+def test_a_post_filter_starts_as_the_plain_decode_and_learns(tmp_path: Path) -> None:
+    """An intra codec given a host post-filter (post_width) keeps every trained tensor and decodes
+    exactly what it did (the filter's last layer starts at zero), while the filter learns; the camera's
+    graph does not change, so it is a host-only option."""
+    torch.set_num_threads(1)
+    plain = minimal_trainer(tmp_path / "plain")
+    plain.run()
+    filtered = minimal_trainer(tmp_path / "filtered", post_width=8)
+    filtered.warm_start(str(plain.latest_path))
+    theirs = plain.model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in filtered.model.state_dict().items() if k in theirs)
+    assert any(k.startswith("post_net.") for k in filtered.model.state_dict())
+    x, _ = filtered.batch(0)
+    plain.model.eval(), filtered.model.eval()
+    with torch.no_grad():
+        assert torch.equal(filtered.model(x)["x_hat"], plain.model(x)["x_hat"])
+    filtered.model.train()
+    filtered.forward_and_loss(x, x)[1]["loss"].backward()
+    last = filtered.model.post_net.net[-1].weight
+    assert last.grad is not None and last.grad.abs().sum() > 0
 
 
 def test_validation_reports_bpp_psnr_msssim(tmp_path: Path) -> None:

@@ -39,3 +39,22 @@ def test_native_config_is_valid_and_resumable_from_the_repository(path: Path, tm
     model = build_model(cfg.model.name, cfg.model.preset, **cfg.model.options)
     assert edge_macs(model)["edge_graph"] < 1.5e9
     assert all(c % model.stride == 0 for c in cfg.data.crop or [])
+
+
+# side-information codecs trained on an intra codec's frozen parts (what they share with it must match)
+FROZEN = [p for p in NATIVE if load_toml(p)["train"].get("frozen") and load_toml(p)["model"]["name"] != "balle2018"]
+
+
+@pytest.mark.parametrize("path", FROZEN, ids=[p.stem for p in FROZEN])
+def test_a_codec_on_a_frozen_intra_codec_is_built_and_frozen_as_that_codec(path: Path) -> None:
+    """DSIN on the intra codec's frozen encoder and decoder must build them as the intra config does
+    (a post-filter or decoder width forgotten on one side would decode differently from the intra
+    codec) and freeze all of them: else the camera or host graph is no longer the intra codec's."""
+    raw = load_toml(path)
+    intra = load_toml(REPO / raw["train"]["init_from"].replace("weights/", "configs/").replace(".pt", ".toml"))
+    ours = build_model(raw["model"]["name"], raw["model"]["preset"], **raw["model"].get("options", {}))
+    theirs = build_model(intra["model"]["name"], intra["model"]["preset"], **intra["model"].get("options", {}))
+    shared = (ours.config.keys() & theirs.config.keys()) - {"name"}
+    assert {k: ours.config[k] for k in shared} == {k: theirs.config[k] for k in shared}
+    frozen = tuple(raw["train"]["frozen"])
+    assert all(k.startswith(frozen) for k in theirs.state_dict())

@@ -109,7 +109,7 @@ def graph_parts(model: CompressionModel) -> tuple[str, ...]:
 
 def for_host_export(model: CompressionModel) -> CompressionModel:
     """The model as its host graph is exported: DSIN's SI-Net wider than 8 channels widened to a
-    multiple of 16 with zero weights (the same function; `SINet.widened` says why; 8 runs as fast
+    multiple of 16 with zero weights (the same function; `RefineNet.widened` says why; 8 runs as fast
     as 16 does), other models as they are."""
     if not isinstance(model, DSIN) or model.si_net.width <= 8 or model.si_net.width % 16 == 0:
         return model

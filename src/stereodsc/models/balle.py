@@ -13,6 +13,7 @@ from torch import Tensor, nn
 from stereodsc.models.base import CompressionModel, check_choice
 from stereodsc.models.layers import ENCODERS, encoder_transform, synthesis_transform
 from stereodsc.models.priors import PRIORS, FactorizedPrior, ScaleHyperprior
+from stereodsc.models.refine_net import RefineNet
 
 EDGE_CHANNELS = (32, 64, 64)
 
@@ -34,9 +35,13 @@ def build_backbone(
 class BalleModel(CompressionModel):
     """g_a -> prior -> g_s; 4-stage transforms (``encoder`` picks g_a's form), N, M channels.
 
+    ``post_width`` > 0 adds a residual post-filter on the host (``post_net``: the SI-Net's dilated
+    chain on the decode alone, its last layer starting at zero): the full-resolution refinement that
+    most of DSIN's SI-Net gain was, for an intra decode too. It changes nothing a camera sends.
+
     Data flow (the hyperprior part only for Ballé 2018)::
 
-        x ──g_a──> y ──Q──> y_hat ──g_s──> x_hat
+        x ──g_a──> y ──Q──> y_hat ──g_s (, post_net)──> x_hat
                    │          ^
                   |.|         │ scales (GaussianConditional)
                    v          │
@@ -46,6 +51,8 @@ class BalleModel(CompressionModel):
     """
 
     prior_name: ClassVar[str]  # the default prior; a subclass with a ``backbone`` option passes it in ``extra``
+    host_only_options = frozenset({"post_width"})
+    fresh_modules: ClassVar[dict[str, str]] = {"post_width": "post_net."}
 
     def __init__(
         self,
@@ -54,6 +61,7 @@ class BalleModel(CompressionModel):
         encoder: str = "full",
         edge_channels: Sequence[int] = EDGE_CHANNELS,
         hyper_channels: int | None = None,
+        post_width: int = 0,
         **extra: Any,
     ) -> None:
         edge_channels = [int(c) for c in edge_channels]
@@ -65,20 +73,27 @@ class BalleModel(CompressionModel):
             "encoder": encoder,
             "edge_channels": edge_channels,
             "hyper_channels": hyper_channels,
+            "post_width": post_width,
             **extra,
         }
         super().__init__(options, stride=16 * prior.stride_factor)
         self.g_a = g_a
         self.prior = prior
         self.g_s = synthesis_transform((M, N, N, N), N)
+        self.post_net = RefineNet(post_width, residual=True, inputs=1) if post_width > 0 else None
         if encoder == "minimal" and hyper_channels is not None:
             # N is then the decoder's width alone: the host may grow it (one codec's qualities may differ)
             self.host_only_options = self.host_only_options | {"N"}
 
+    def decode(self, y_hat: Tensor) -> Tensor:
+        """y_hat -> the decoded image (unclamped): g_s, then the post-filter if the model has one."""
+        x_dec = self.g_s(y_hat)
+        return x_dec if self.post_net is None else self.post_net(x_dec)
+
     def code(self, x: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
         """x -> (decoded image, likelihoods of the transmitted latents)."""
         y_hat, likelihoods = self.prior(self.g_a(x))
-        return self.g_s(y_hat), likelihoods
+        return self.decode(y_hat), likelihoods
 
     def forward(self, x: Tensor, side: Tensor | None = None) -> dict[str, Any]:
         self.check_inputs(x, side)
@@ -86,7 +101,7 @@ class BalleModel(CompressionModel):
         return {"x_hat": x_hat, "likelihoods": likelihoods}
 
     def synthesis(self, latents: dict[str, Tensor], side: Tensor | None = None) -> Tensor:
-        return self.g_s(latents["y"]).clamp(0, 1)
+        return self.decode(latents["y"]).clamp(0, 1)
 
 
 class Balle2017(BalleModel):

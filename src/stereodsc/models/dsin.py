@@ -8,31 +8,16 @@ from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from stereodsc.errors import ConfigError
 from stereodsc.models.balle import EDGE_CHANNELS, BalleModel
 from stereodsc.models.base import Distortion, bpp, check_choice
+from stereodsc.models.refine_net import RefineNet, normalize
 
-# DSIN's fixed KITTI normalisation on the 0-255 scale (notes §1.1; std = sqrt of its variances).
-KITTI_MEAN = (93.7045, 98.2824, 94.8468)
-KITTI_STD = (math.sqrt(5411.80), math.sqrt(5758.60), math.sqrt(5890.31))
 # Windows whose summed squared deviation is below this (per value) count as flat, not as
 # perfectly correlated: it keeps float32 cancellation in the variance from producing huge scores.
 _FLAT = 1e-4
-
-
-def normalize(img: Tensor) -> Tensor:
-    """[0, 1] image -> DSIN's standardised 0-255 values."""
-    mean = img.new_tensor(KITTI_MEAN).view(1, 3, 1, 1)
-    std = img.new_tensor(KITTI_STD).view(1, 3, 1, 1)
-    return (255 * img - mean) / std
-
-
-def denormalize(t: Tensor) -> Tensor:
-    mean = t.new_tensor(KITTI_MEAN).view(1, 3, 1, 1)
-    std = t.new_tensor(KITTI_STD).view(1, 3, 1, 1)
-    return (t * std + mean) / 255
 
 
 def _colour_transform(t: Tensor) -> Tensor:
@@ -216,78 +201,6 @@ def band_si_finder(
     return side_syn[..., :h, :w]
 
 
-class SINet(nn.Module):
-    """Refines x_dec with side_syn: 9 dilated 3x3 convs (32 ch, LeakyReLU 0.2) + 1x1 conv to 3.
-
-    Identity-initialised (centre tap 1 on the diagonal) as the reference, also the last 1x1, so at
-    init the network passes normalised x_dec through, up to the LeakyReLU, which scales its
-    negative half by 0.2: a DSIN warm-started from an intra codec then begins several dB below it
-    (at lambda 0.05, ~8 dB). ``residual=True`` predicts a correction instead, ``x_dec + net(...)``
-    with the last 1x1 at zero, so training starts exactly at the intra codec's reconstruction and
-    every dB it gains comes from the side image.
-    """
-
-    dilations = (1, 2, 4, 8, 16, 32, 64, 128, 1)
-
-    def __init__(self, width: int = 32, residual: bool = False) -> None:
-        super().__init__()
-        self.residual = residual
-        layers: list[nn.Module] = []
-        in_ch = 6
-        for d in self.dilations:
-            layers += [self._identity(nn.Conv2d(in_ch, width, 3, padding=d, dilation=d)), nn.LeakyReLU(0.2)]
-            in_ch = width
-        last = nn.Conv2d(width, 3, 1)
-        if residual:
-            nn.init.zeros_(last.weight)
-            assert last.bias is not None
-            nn.init.zeros_(last.bias)
-        else:
-            self._identity(last)
-        layers.append(last)
-        self.net = nn.Sequential(*layers)
-
-    @staticmethod
-    def _identity(layer: nn.Conv2d) -> nn.Conv2d:
-        nn.init.zeros_(layer.weight)
-        assert layer.bias is not None
-        nn.init.zeros_(layer.bias)
-        k = layer.kernel_size[0] // 2
-        with torch.no_grad():
-            for i in range(min(layer.in_channels, layer.out_channels)):
-                layer.weight[i, i, k, k] = 1.0
-        return layer
-
-    @property
-    def width(self) -> int:
-        first = self.net[0]
-        assert isinstance(first, nn.Conv2d)
-        return int(first.out_channels)
-
-    def widened(self, multiple: int = 16) -> SINet:
-        """The same function with the width rounded up to a multiple of `multiple`: the extra
-        channels have zero weights and bias, so they stay 0 through every LeakyReLU and add exact
-        zeros. For export: onnxruntime's CPU convolutions work in blocks of 8 or 16 channels
-        (AVX2 / AVX-512) and convert the layout after every layer of a 12-channel chain, which made
-        the 12-wide SI-Net 2x slower than a 16-wide one."""
-        wide = SINet(-(-self.width // multiple) * multiple, self.residual)
-        with torch.no_grad():
-            for new, old in zip(wide.net, self.net, strict=True):
-                if isinstance(new, nn.Conv2d) and isinstance(old, nn.Conv2d):
-                    assert new.bias is not None and old.bias is not None
-                    new.weight.zero_()
-                    new.bias.zero_()
-                    new.weight[: old.out_channels, : old.in_channels] = old.weight
-                    new.bias[: old.out_channels] = old.bias
-        return wide
-
-    def forward(self, x_dec: Tensor, side_syn: Tensor) -> Tensor:
-        out = self.net(torch.cat([normalize(x_dec), normalize(side_syn)], dim=1))
-        if self.residual:  # the correction in normalised units: scale by std only, no mean
-            return x_dec + out * out.new_tensor(KITTI_STD).view(1, 3, 1, 1) / 255
-        return denormalize(out)
-
-
 SEARCHES = ("exhaustive", "band")
 
 
@@ -296,8 +209,8 @@ class DSIN(BalleModel):
 
     Data flow (``backbone`` picks the prior of y, as the Ballé models)::
 
-        x ──g_a──> y ──Q──> y_hat ──g_s──> x_dec ─────────────────┐
-        side ──(g_s(Q(g_a(side))) if reencode_side)──> side_dec   │
+        x ──g_a──> y ──Q──> y_hat ──g_s (, post_net)──> x_dec ────┐
+        side ──(decode(Q(g_a(side))) if reencode_side)──> side_dec│
         (x_dec, side_dec, side) ──SI-Finder──> side_syn ──────SI-Net──> x_hat
 
         likelihoods = {"y": p(y_hat) (, "z": p(z_hat))}
@@ -328,8 +241,12 @@ class DSIN(BalleModel):
     name = "dsin"
     prior_name = "balle2017"
     uses_side_info = True
-    host_only_options = frozenset({"si_width", "si_residual"})
-    fresh_modules: ClassVar[dict[str, str]] = {"si_width": "si_net.", "si_residual": "si_net."}
+    host_only_options = frozenset({"si_width", "si_residual", "post_width"})
+    fresh_modules: ClassVar[dict[str, str]] = {
+        "si_width": "si_net.",
+        "si_residual": "si_net.",
+        "post_width": "post_net.",
+    }
 
     def __init__(
         self,
@@ -339,6 +256,7 @@ class DSIN(BalleModel):
         encoder: str = "full",
         edge_channels: Sequence[int] = EDGE_CHANNELS,
         hyper_channels: int | None = None,
+        post_width: int = 0,
         patch: Sequence[int] = (20, 24),
         search: str = "exhaustive",
         gaussian_prior: bool = True,
@@ -370,6 +288,7 @@ class DSIN(BalleModel):
             encoder,
             edge_channels,
             hyper_channels,
+            post_width,
             backbone=backbone,
             patch=patch,
             search=search,
@@ -390,7 +309,7 @@ class DSIN(BalleModel):
         self.match_scale = int(match_scale)
         self.reencode_side = bool(reencode_side)
         self.si_weight = float(si_weight)
-        self.si_net = SINet(si_width, si_residual)
+        self.si_net = RefineNet(si_width, si_residual)
 
     def find(self, x_dec: Tensor, side_dec: Tensor, side: Tensor) -> Tensor:
         """side_syn by the configured SI-Finder search."""
@@ -406,7 +325,7 @@ class DSIN(BalleModel):
         as a host whose host side is split passes it from one graph to the next (in 8 bits)."""
         x_dec = x_dec.clamp(0, 1)
         with torch.no_grad():
-            side_dec = self.g_s(torch.round(self.g_a(side))) if self.reencode_side else side
+            side_dec = self.decode(torch.round(self.g_a(side))) if self.reencode_side else side
             side_syn = self.find(x_dec, side_dec.clamp(0, 1), side)
         return self.si_net(x_dec, side_syn), side_syn
 
@@ -431,10 +350,10 @@ class DSIN(BalleModel):
         }
 
     def synthesis(self, latents: dict[str, Tensor], side: Tensor | None = None) -> Tensor:
-        x_hat, _ = self.refine(self.g_s(latents["y"]), self.check_side(side))
+        x_hat, _ = self.refine(self.decode(latents["y"]), self.check_side(side))
         return x_hat.clamp(0, 1)
 
     def decode_without_side(self, y: Tensor) -> Tensor:
         """x_dec, the decode before the side image refines it: what a host shows of a frame whose side
         image is missing (with a frozen decoder, exactly the intra codec's decode)."""
-        return self.g_s(y).clamp(0, 1)
+        return self.decode(y).clamp(0, 1)

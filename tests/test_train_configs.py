@@ -42,7 +42,7 @@ def test_native_config_is_valid_and_resumable_from_the_repository(path: Path, tm
 
 
 # side-information codecs trained on an intra codec's frozen parts (what they share with it must match)
-FROZEN = [p for p in NATIVE if load_toml(p)["train"].get("frozen") and load_toml(p)["model"]["name"] != "balle2018"]
+FROZEN = [p for p in NATIVE if (c := load_toml(p))["train"].get("frozen") and c["model"]["name"] != "balle2018"]
 
 
 @pytest.mark.parametrize("path", FROZEN, ids=[p.stem for p in FROZEN])

@@ -241,11 +241,11 @@ class DSIN(BalleModel):
     name = "dsin"
     prior_name = "balle2017"
     uses_side_info = True
-    host_only_options = frozenset({"si_width", "si_residual", "post_width"})
+    host_only_options = BalleModel.host_only_options | {"si_width", "si_residual"}
     fresh_modules: ClassVar[dict[str, str]] = {
+        **BalleModel.fresh_modules,
         "si_width": "si_net.",
         "si_residual": "si_net.",
-        "post_width": "post_net.",
     }
 
     def __init__(

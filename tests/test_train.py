@@ -376,6 +376,31 @@ def test_related_model_warm_starts_its_shared_weights(tmp_path: Path) -> None:
         trainer.warm_start(str(tmp_path / "foreign.pt"))
 
 
+def test_init_from_twice_puts_a_trained_si_net_on_a_retrained_intra_codec(tmp_path: Path) -> None:
+    """DSIN trains on an intra codec's frozen backbone; once that codec is retrained, its SI-Net carries
+    over: --init-from the DSIN weights, then --init-from the new intra weights, which win where they share."""
+    from stereodsc.cli import main
+
+    torch.set_num_threads(1)
+    dsin = train(config_from_dict(tiny_config(tmp_path / "dsin", "dsin", steps=1)), progress=False)
+    intra = train(config_from_dict(tiny_config(tmp_path / "intra", "balle2017", steps=1, seed=7)), progress=False)
+    # lr 0: the run keeps the weights it starts from; another seed: a fresh SI-Net would differ from DSIN's
+    config = write_toml(
+        tmp_path / "tuned.toml", tiny_config(tmp_path / "tuned", "dsin", steps=1, lr=0.0, aux_lr=0.0, seed=3)
+    )
+    inits = ["--init-from", str(tmp_path / "dsin/latest.pt"), "--init-from", str(tmp_path / "intra/latest.pt")]
+    assert main(["train", "--config", str(config), *inits, "-q"]) == 0
+    tuned = load_checkpoint(tmp_path / "tuned/latest.pt")["model_state"]
+    backbone, si_net = intra.model.state_dict(), dsin.model.state_dict()
+    assert any(not torch.equal(v, si_net[k]) for k, v in backbone.items()), "the two runs should differ"
+    for k, v in tuned.items():
+        source = backbone if k in backbone else si_net
+        assert torch.equal(v, source[k]), f"{k} is not the {'intra' if k in backbone else 'DSIN'} run's"
+    assert any(k.startswith("si_net.") for k in tuned)
+    with pytest.raises(ConfigError, match="init_then needs an init_from"):
+        config_from_dict(tiny_config(tmp_path / "x", "dsin", init_then=[str(tmp_path / "intra/latest.pt")]))
+
+
 @pytest.mark.parametrize(
     ("model", "lmbda", "expected"),
     [("dsin", 0.01, "dsin_native_l0.012.pt"), ("balle2018", 0.1, "balle2018_native_l0.05.pt")],

@@ -291,9 +291,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument(
         "--init-from",
         metavar="CKPT",
+        action="append",
         help="start from these weights (overrides [train] init_from): a checkpoint file, the name of one in "
         "weights/ (e.g. balle2018_native_l0.05) or a shipped bundle (e.g. native: the weights its codec was "
-        "exported from, found in the repository's weights/); ignored when --resume finds a checkpoint of this run",
+        "exported from, found in the repository's weights/); ignored when --resume finds a checkpoint of this run. "
+        "Given again, each later checkpoint overwrites the tensors it shares with the model ([train] init_then): "
+        "--init-from old_dsin.pt --init-from balle2018_native_l0.05 puts a trained SI-Net on a retrained intra codec",
     )
     t.add_argument(
         "--keep-best",

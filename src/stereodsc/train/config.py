@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -78,6 +79,10 @@ class TrainSection:
     # Warm start / fine-tuning: model weights from this checkpoint (e.g. a higher-rate point), a path or
     # the name of a compact checkpoint in weights/ ("balle2018_native_l0.05"); --init-from overrides it.
     init_from: str = ""
+    # Checkpoints loaded after init_from, in order, each overwriting the tensors it shares with the model
+    # (--init-from given more than once): a trained SI-Net (init_from, the DSIN weights) on a retrained
+    # intra codec's backbone (init_then = [its weights]), where DSIN trains on that codec frozen.
+    init_then: list[str] = field(default_factory=list)
     # Compact checkpoint kept in the repository (weights, step, schedule; no optimiser moments), written
     # with every checkpoint: --resume continues from it on a fresh clone where `out` holds nothing yet.
     keep: str = ""
@@ -118,14 +123,16 @@ def config_from_dict(raw: dict[str, Any], source: str = "<config>") -> TrainConf
     return cfg
 
 
-def load_config(path: str | Path, init_from: str | None = None) -> TrainConfig:
-    """The config in `path`; `init_from` (stereodsc train --init-from) replaces its [train] init_from."""
+def load_config(path: str | Path, init_from: Sequence[str] | None = None) -> TrainConfig:
+    """The config in `path`; `init_from` (stereodsc train --init-from, once or more) replaces its
+    [train] init_from with the first and init_then with the rest."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}; see configs/ for examples")
     raw = load_toml(path)
-    if init_from is not None:
-        raw = {**raw, "train": {**raw.get("train", {}), "init_from": init_from}}
+    if init_from:
+        first, *then = init_from
+        raw = {**raw, "train": {**raw.get("train", {}), "init_from": first, "init_then": then}}
     return config_from_dict(raw, str(path))
 
 
@@ -263,5 +270,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"{src}: [train] lmbda must be positive (larger = higher rate and quality)")
     if not all(isinstance(p, str) and p for p in t.frozen):
         raise ConfigError(f'{src}: [train] frozen = {t.frozen!r} should list parameter-name prefixes, e.g. ["g_a."]')
+    if not all(isinstance(p, str) and p for p in t.init_then):
+        raise ConfigError(
+            f"{src}: [train] init_then = {t.init_then!r} should list checkpoint paths or names in weights/"
+        )
+    if t.init_then and not t.init_from:
+        raise ConfigError(f"{src}: [train] init_then needs an init_from to load first (the model to start from)")
     if t.init_from and not has_checkpoint(t):
         t.init_from = resolve_init_from(t.init_from, src, m.name, t.lmbda)
+        t.init_then = [resolve_init_from(p, src, m.name, t.lmbda) for p in t.init_then]

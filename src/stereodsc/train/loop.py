@@ -802,8 +802,8 @@ def _start(trainer: Trainer, resume: bool) -> None:
             )
     if resume:
         log.info("no checkpoint in %s yet: starting from step 0", trainer.out_dir)
-    if init_from:
-        trainer.warm_start(init_from)
+    for path in [init_from, *trainer.cfg.train.init_then] if init_from else []:
+        trainer.warm_start(path)
 
 
 def train(

@@ -418,8 +418,9 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
 
-    def warm_start(self, path: str) -> None:
-        """Start from another run's weights, with fresh optimisers.
+    def warm_start(self, path: str, over_earlier: bool = False) -> None:
+        """Start from another run's weights, with fresh optimisers (``over_earlier``: loaded over an
+        earlier warm start's, [train] init_then, whose other tensors stay).
 
         The same model (e.g. a higher-rate point) loads whole. A related model loads every tensor
         whose name and shape match (ndic_cam from ndic: all but the cross-attention modules; dsin
@@ -479,15 +480,16 @@ class Trainer:
                 "warm-start from a run of the same or a related model (ndic for ndic_cam, balle2017 for dsin)"
             )
         self.model.load_state_dict(shared, strict=False)
-        fresh = sum(v.numel() for k, v in own.items() if k not in shared)
+        rest = sum(v.numel() for k, v in own.items() if k not in shared)
         log.info(
-            "warm start from %s (%s): %d of %d tensors loaded (grown: %s), %d parameters start fresh",
+            "warm start from %s (%s): %d of %d tensors loaded (grown: %s), %d parameters %s",
             path,
             ckpt["model"],
             len(shared),
             len(own),
             ", ".join(grown) or "none",
-            fresh,
+            rest,
+            "keep the earlier checkpoint's values" if over_earlier else "start fresh",
         )
 
     # ---- training ----------------------------------------------------------------------------
@@ -802,8 +804,10 @@ def _start(trainer: Trainer, resume: bool) -> None:
             )
     if resume:
         log.info("no checkpoint in %s yet: starting from step 0", trainer.out_dir)
-    for path in [init_from, *trainer.cfg.train.init_then] if init_from else []:
-        trainer.warm_start(path)
+    if init_from:
+        trainer.warm_start(init_from)
+        for path in trainer.cfg.train.init_then:
+            trainer.warm_start(path, over_earlier=True)
 
 
 def train(

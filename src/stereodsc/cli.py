@@ -42,7 +42,7 @@ sizes are written HEIGHTxWIDTH everywhere (e.g. 375x1242); a bundle is a folder 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from stereodsc.train.config import load_config
-    from stereodsc.train.distributed import launch
+    from stereodsc.train.distributed import launch, leave_worker
     from stereodsc.train.loop import train
 
     cfg = load_config(args.config, init_from=args.init_from)
@@ -61,14 +61,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with launch(cfg.train.device) as dist:  # under torchrun: this process's rank; otherwise the only process
         trainer = train(cfg, resume=args.resume, progress=not args.quiet, dist=dist)
-    if not dist.is_main:
-        return 0
-    val = {"loss": float("nan"), "bpp": float("nan"), "psnr": float("nan"), "ms_ssim": float("nan")}
-    val.update(trainer.metrics.get("val", {}))
-    print(
-        f"step {trainer.step}: val loss {val['loss']:.4f}, bpp {val['bpp']:.4f}, PSNR {val['psnr']:.2f} dB, "
-        f"MS-SSIM {val['ms_ssim']:.4f}; checkpoints in {trainer.out_dir}"
-    )
+    if dist.is_main:
+        val = {"loss": float("nan"), "bpp": float("nan"), "psnr": float("nan"), "ms_ssim": float("nan")}
+        val.update(trainer.metrics.get("val", {}))
+        print(
+            f"step {trainer.step}: val loss {val['loss']:.4f}, bpp {val['bpp']:.4f}, PSNR {val['psnr']:.2f} dB, "
+            f"MS-SSIM {val['ms_ssim']:.4f}; checkpoints in {trainer.out_dir}"
+        )
+    if dist.world > 1:
+        leave_worker(0)
     return 0
 
 

@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import datetime
 import io
+import logging
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -123,6 +125,18 @@ def launch(wanted: str = "auto") -> Iterator[Distributed]:
         dist.barrier()
     finally:
         dist.destroy_process_group()
+
+
+def leave_worker(code: int) -> NoReturn:
+    """End a torchrun worker whose run has finished and whose process group is gone, skipping the
+    interpreter's teardown: gloo's C++ threads torn down during finalization aborted one rank at exit
+    ("terminate called without an active exception", SIGABRT) after training had finished and rank 0
+    had written everything, which torchrun reports as a failed run. Files are closed by then (every
+    write uses a with-block); the log and the console are flushed here."""
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class StopRequests:

@@ -519,7 +519,11 @@ def build_parser() -> argparse.ArgumentParser:
         "KITTI sample through them, and report bytes, quality with and without side information, bandwidth "
         "saved and latency. Writes decoded frames, a side-by-side image and demo_report.json.",
     )
-    d.add_argument("--out", default="runs/demo", help="folder for checkpoints and metrics (default runs/demo)")
+    d.add_argument(
+        "--out",
+        default="runs/demo",
+        help="folder for the decoded frames, the side-by-side image and demo_report.json (default runs/demo)",
+    )
     d.add_argument(
         "--quality",
         type=int,

@@ -574,6 +574,25 @@ def test_a_post_filter_starts_as_the_plain_decode_and_learns(tmp_path: Path) -> 
     assert last.grad is not None and last.grad.abs().sum() > 0
 
 
+def test_dsin_warm_starts_whole_under_another_loss_balance(tmp_path: Path) -> None:
+    """si_weight only weighs the loss (x_dec against x_hat): a DSIN trained at 0.7 fine-tunes at 1.0
+    with every tensor, while an option that shapes a graph still has to match."""
+    torch.set_num_threads(1)
+    raw = tiny_config(tmp_path / "balanced", "dsin", steps=1)
+    balanced = Trainer(config_from_dict(raw), progress=False)
+    balanced.run()
+    raw["model"]["options"] = {**raw["model"].get("options", {}), "si_weight": 1.0}
+    raw["train"]["out"] = str(tmp_path / "side_only")
+    side_only = Trainer(config_from_dict(raw), progress=False)
+    side_only.warm_start(str(balanced.latest_path))
+    assert side_only.model.si_weight == 1.0 and balanced.model.si_weight == 0.7
+    theirs = balanced.model.state_dict()
+    assert all(torch.equal(v, theirs[k]) for k, v in side_only.model.state_dict().items())
+    raw["model"]["options"]["M"] = 4
+    with pytest.raises(CheckpointError):
+        Trainer(config_from_dict(raw), progress=False).warm_start(str(balanced.latest_path))
+
+
 def test_validation_reports_bpp_psnr_msssim(tmp_path: Path) -> None:
     trainer = Trainer(config_from_dict(tiny_config(tmp_path)), progress=False)
     val = trainer.validate()

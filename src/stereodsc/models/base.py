@@ -40,6 +40,8 @@ class CompressionModel(nn.Module):
     # Options that only shape the host's graph (not the edge graph, the latents or the wire): the qualities
     # of one exported codec may differ in them (DSIN's SI-Net width and residual form).
     host_only_options: frozenset[str] = frozenset()
+    # Options that weigh the training loss and shape no graph (DSIN's si_weight): a warm start may change them
+    loss_only_options: ClassVar[frozenset[str]] = frozenset()
     # host-only option -> the module (state_dict prefix) that starts fresh when a warm start changes it
     fresh_modules: ClassVar[dict[str, str]] = {}
     stride: int

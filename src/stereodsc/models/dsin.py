@@ -242,6 +242,7 @@ class DSIN(BalleModel):
     prior_name = "balle2017"
     uses_side_info = True
     host_only_options = BalleModel.host_only_options | {"si_width", "si_residual"}
+    loss_only_options = frozenset({"si_weight"})
     fresh_modules: ClassVar[dict[str, str]] = {
         **BalleModel.fresh_modules,
         "si_width": "si_net.",

@@ -436,6 +436,7 @@ class Trainer:
         if ckpt["model"] == self.model.name:
             theirs, own_config = ckpt["model_config"], self.model.config
             differ = {k for k in theirs.keys() | own_config.keys() if theirs.get(k) != own_config.get(k)}
+            differ -= self.model.loss_only_options  # the same graphs, trained to another balance
             if not differ:
                 load_weights(self.model, ckpt["model_state"])
                 log.info(

@@ -76,6 +76,9 @@ $(foreach l,$(LAMBDAS),$(eval runs/dsin_$(l)/finished: runs/balle2017_$(l)/finis
 # lambda from scratch, each lower one warm-started from the next higher; dsin and ndic from the intra codec
 # of their lambda, their side images decoded by it (and by the next higher quality); ndic_cam (one point)
 # from ndic. Commit weights/ at the end of a session: a session's processes end within 3 hours.
+# The shipped intra weights are DSIN's jointly trained backbones (scripts/intra_from_dsin.py): after a DSIN run,
+# rerun that script for its lambda; an intra run trained on alone (as this chain would, up to its [train] steps)
+# parts from DSIN's backbone, and the bundle then ships two camera graphs at that quality.
 NATIVE_LAMBDAS = 0.05 0.025 0.012 0.005 0.002 0.0008 0.0003 0.0001
 NATIVE_WEIGHTS = $(foreach m,balle2018 dsin ndic,$(foreach l,$(NATIVE_LAMBDAS),runs/$(m)_native_l$(l)/finished)) \
 	runs/ndic_cam_native_l0.012/finished

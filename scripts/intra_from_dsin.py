@@ -2,7 +2,7 @@
 
 DSIN at a native quality trains its whole backbone (camera encoder, entropy model, decoder and
 post-filter) together with its SI-Net. Run without side information that backbone is a better intra
-codec than the intra run on its own (held-out rd loss 2.6-3 % lower at lambda 0.0003-0.005), and when
+codec than the intra run on its own (held-out rd loss 1-3 % lower at every shipped lambda), and when
 the intra codec *is* DSIN's backbone a rig runs one camera graph per quality on every board, a
 dependent frame whose side image is missing decodes as an intra frame, and the bundle stores the
 graph once. So this writes weights/balle2018_native_l<lambda>.pt from weights/dsin_native_l<lambda>.pt,

@@ -72,32 +72,52 @@ $(foreach l,$(LAMBDAS),$(eval runs/dsin_$(l)/finished: runs/balle2017_$(l)/finis
 
 # The native-scale models (issue 13): minimal camera encoder (preset native), 256x512 crops of every data
 # set in ../shared/data. `make native-weights` (also part of `make weights`) continues every run on a fresh
-# clone: each run keeps a compact checkpoint in weights/ (committed). Intra (balle2018) first, the highest
-# lambda from scratch, each lower one warm-started from the next higher; dsin and ndic from the intra codec
-# of their lambda, their side images decoded by it (and by the next higher quality); ndic_cam (one point)
-# from ndic. Commit weights/ at the end of a session: a session's processes end within 3 hours.
-# The shipped intra weights are DSIN's jointly trained backbones (scripts/intra_from_dsin.py): after a DSIN run,
-# rerun that script for its lambda; an intra run trained on alone (as this chain would, up to its [train] steps)
-# parts from DSIN's backbone, and the bundle then ships two camera graphs at that quality.
+# clone: each run keeps a compact checkpoint in weights/ (committed). Commit weights/ at the end of a session:
+# a session's processes end within 3 hours. Each lower lambda warm-starts from the next higher one's intra
+# codec; ndic from the intra codec of its lambda, its side images decoded by it (and by the next higher
+# quality); ndic_cam (one point) from ndic.
+# At the shipped qualities (NATIVE_BACKBONE) the intra codec is DSIN's jointly trained backbone: DSIN trains
+# on (the first time from an intra run trained alone to its [train] steps), then scripts/intra_from_dsin.py
+# writes the intra weights from it, so both cameras run one camera graph. The other points train intra alone.
 NATIVE_LAMBDAS = 0.05 0.025 0.012 0.005 0.002 0.0008 0.0003 0.0001
+NATIVE_BACKBONE = 0.05 0.025 0.012 0.005 0.002 0.0003
 NATIVE_WEIGHTS = $(foreach m,balle2018 dsin ndic,$(foreach l,$(NATIVE_LAMBDAS),runs/$(m)_native_l$(l)/finished)) \
 	runs/ndic_cam_native_l0.012/finished
 .PHONY: native-weights
 native-weights: $(NATIVE_WEIGHTS)
 native_lower = $(wordlist 2,99,$(NATIVE_LAMBDAS))
 native_higher = $(wordlist 1,$(words $(native_lower)),$(NATIVE_LAMBDAS))
-$(foreach p,$(join $(native_lower),$(addprefix :,$(native_higher))),$(eval \
-	runs/balle2018_native_l$(firstword $(subst :, ,$(p)))/finished: runs/balle2018_native_l$(lastword $(subst :, ,$(p)))/finished))
-$(foreach m,dsin ndic,$(foreach l,$(NATIVE_LAMBDAS),$(eval runs/$(m)_native_l$(l)/finished: runs/balle2018_native_l$(l)/finished)))
+# $(1) = a lambda, $(2) = the next higher one (empty at the top)
+define native_point
+ifneq ($(filter $(1),$(NATIVE_BACKBONE)),)
+runs/dsin_native_l$(1)/finished: $(if $(2),runs/balle2018_native_l$(2)/finished)
+runs/balle2018_native_l$(1)/finished: runs/dsin_native_l$(1)/finished
+else
+runs/balle2018_native_l$(1)/finished: $(if $(2),runs/balle2018_native_l$(2)/finished)
+runs/dsin_native_l$(1)/finished: runs/balle2018_native_l$(1)/finished
+endif
+runs/ndic_native_l$(1)/finished: runs/balle2018_native_l$(1)/finished
+endef
+native_pairs = $(firstword $(NATIVE_LAMBDAS)): $(join $(native_lower),$(addprefix :,$(native_higher)))
+$(foreach p,$(native_pairs),$(eval $(call native_point,$(word 1,$(subst :, ,$(p))),$(word 2,$(subst :, ,$(p))))))
 runs/ndic_cam_native_l0.012/finished: runs/ndic_native_l0.012/finished
+BACKBONE_DSIN = $(foreach l,$(NATIVE_BACKBONE),runs/dsin_native_l$(l)/finished)
+BACKBONE_INTRA = $(foreach l,$(NATIVE_BACKBONE),runs/balle2018_native_l$(l)/finished)
+$(BACKBONE_DSIN): runs/dsin_native_l%/finished: configs/dsin_native_l%.toml | $(BIN)/stereodsc
+	test -f weights/dsin_native_l$*.pt || $(BIN)/stereodsc train --config configs/balle2018_native_l$*.toml --resume
+	$(BIN)/stereodsc train --config $< --resume
+	$(BIN)/python scripts/intra_from_dsin.py $*
+	touch $@
+$(BACKBONE_INTRA): runs/balle2018_native_l%/finished: runs/dsin_native_l%/finished
+	touch $@
 
 # Export the trained runs as the bundles that ship in the package (float16 kernels, parity-checked):
 # default = the paper-protocol models (128x256 crops of one drive); native = the native-resolution intra
 # codec and DSIN (band SI-Finder, one graph for every size) from the compact checkpoints in weights/.
 # After a bundle changes: scripts/make_golden_shipped.py, and the model card in tests/test_shipped.py.
 ckpts = $(foreach l,$(LAMBDAS),runs/$(1)_$(l)/latest.pt)
-SHIPPED_NATIVE_INTRA = 0.05 0.025 0.012 0.005 0.002 0.0003
-SHIPPED_NATIVE_DSIN = 0.05 0.025 0.012 0.005 0.002 0.0003
+SHIPPED_NATIVE_INTRA = $(NATIVE_BACKBONE)
+SHIPPED_NATIVE_DSIN = $(NATIVE_BACKBONE)
 native_ckpts = $(foreach l,$(2),weights/$(1)_native_l$(l).pt)
 .PHONY: default-bundle native-bundle
 bundles: default-bundle native-bundle

@@ -9,6 +9,8 @@ graph once. So this writes weights/balle2018_native_l<lambda>.pt from weights/ds
 validated on the intra run's own held-out set: `make native-bundle` exports it, and
 `stereodsc train --config configs/balle2018_native_l<lambda>.toml --resume` continues from it
 (training it alone parts it from DSIN's backbone again: then the bundle ships two camera graphs).
+`make native-weights` runs this after each DSIN run; the intra run's own runs/<run>/latest.pt, if any,
+is moved to alone.pt beside it so that --resume starts from DSIN's backbone.
 
     python scripts/intra_from_dsin.py 0.002 0.005
 """
@@ -30,11 +32,10 @@ def intra_from_dsin(lmbda: str) -> dict[str, float]:
     keep = cfg.train.keep_path
     if keep is None:
         raise SystemExit(f"{cfg.source}: [train] keep is not set; name the committed checkpoint to write")
-    if cfg.train.latest_path.is_file():
-        raise SystemExit(
-            f"{cfg.train.latest_path} exists and --resume would continue from it rather than from DSIN's "
-            "backbone: move that run aside first"
-        )
+    alone = cfg.train.latest_path
+    if alone.is_file():  # the intra run trained on its own: --resume would continue from it, not from here
+        alone.replace(alone.with_name("alone.pt"))
+        print(f"{alone} (the intra codec trained alone) moved to {alone.with_name('alone.pt')}")
     dsin_path = f"weights/dsin_native_l{lmbda}.pt"
     dsin = load_checkpoint(dsin_path)
     trainer = Trainer(cfg, progress=False)

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -58,3 +61,23 @@ def test_dsin_builds_its_backbone_as_the_intra_codec_it_shares_it_with(path: Pat
     shared = (ours.config.keys() & theirs.config.keys()) - {"name"}
     assert {k: ours.config[k] for k in shared} == {k: theirs.config[k] for k in shared}
     assert set(theirs.state_dict()) < set(ours.state_dict())
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="GNU make is not installed")
+def test_make_native_weights_makes_each_shipped_intra_codec_from_dsin_after_its_run() -> None:
+    """On a fresh clone `make native-weights` continues DSIN and then writes the intra weights from its
+    backbone: an intra run trained on alone would part the two and the bundle would ship two camera graphs."""
+    plan = subprocess.run(
+        ["make", "-n", "-B", "native-weights"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    manifest = json.loads((REPO / "src/stereodsc/bundles/native/manifest.json").read_text())
+    shipped = [q["lmbda"] for q in manifest["codecs"]["side_info"]["qualities"]]
+    assert shipped
+    for lmbda in shipped:
+        point = f"{lmbda:g}"
+        dsin = plan.index(next(c for c in plan if f"train --config configs/dsin_native_l{point}.toml" in c))
+        intra = plan.index(next(c for c in plan if c.endswith(f"scripts/intra_from_dsin.py {point}")))
+        alone = [c for c in plan if f"--config configs/balle2018_native_l{point}.toml" in c]
+        assert dsin < intra, point
+        # trained alone only to start DSIN on a clone without its weights
+        assert all(c.startswith(f"test -f weights/dsin_native_l{point}.pt || ") for c in alone), point

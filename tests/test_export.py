@@ -272,21 +272,25 @@ def test_a_kernel_beyond_float16_stays_float32(tmp_path: Path) -> None:
     assert stored == {"a__f16": onnx.TensorProto.FLOAT16, "b": onnx.TensorProto.FLOAT}
 
 
-def test_qualities_of_one_codec_may_differ_in_host_only_options(tmp_path: Path) -> None:
+def test_qualities_of_one_codec_may_differ_in_host_only_and_loss_only_options(tmp_path: Path) -> None:
     """DSIN's SI-Net width and residual form, and a host post-filter, shape only the host graph: one
     codec may ship a residual width-8 SI-Net at one quality and a width-12 one at another (the native
-    bundle does), or a wider decoder with a post-filter at one quality only."""
+    bundle does), or a wider decoder with a post-filter at one quality only. How the loss weighed
+    x_dec against x_hat (si_weight: 1.0 for a Wyner-Ziv camera encoder) shapes no graph at all."""
     wide, residual = tmp_path / "wide.pt", tmp_path / "residual.pt"
     write_checkpoint(wide, "dsin", {"max_row_offset": 8, "si_width": 12}, 0.002, 5)
-    write_checkpoint(residual, "dsin", {"max_row_offset": 8, "si_width": 8, "si_residual": True}, 0.01, 6)
+    residual_options = {"max_row_offset": 8, "si_width": 8, "si_residual": True, "si_weight": 1.0}
+    write_checkpoint(residual, "dsin", residual_options, 0.01, 6)
     out = tmp_path / "b"
     export_bundle([residual, wide], out, sample_images=[sample_pair()], sizes=SMALL_SIZES, progress=False)
     codec = json.loads((out / MANIFEST).read_text())["codecs"]["side_info"]
     assert "si_width" not in codec["model_config"] and codec["model_config"]["max_row_offset"] == 8
+    assert "si_weight" not in codec["model_config"]
     assert [q["host_options"] for q in codec["qualities"]] == [  # ordered by lambda; every graph parity-checked
         {"post_width": 0, "si_residual": False, "si_width": 12},
         {"post_width": 0, "si_residual": True, "si_width": 8},
     ]
+    assert [q["loss_options"] for q in codec["qualities"]] == [{"si_weight": 0.7}, {"si_weight": 1.0}]
     assert all(q["parity"] for q in codec["qualities"])
     narrow, wide_decoder = tmp_path / "narrow.pt", tmp_path / "wide_decoder.pt"
     minimal = {"encoder": "minimal", "edge_channels": [8, 8, 8], "hyper_channels": 8}

@@ -165,8 +165,9 @@ def _load(path: Path) -> _Point:
 
 
 def shared_config(model: CompressionModel) -> dict[str, Any]:
-    """The model config every quality of its codec shares: all but the host-only options."""
-    return {k: v for k, v in model.config.items() if k not in model.host_only_options}
+    """The model config every quality of its codec shares: all but the host-only and loss-only options."""
+    own = model.host_only_options | model.loss_only_options
+    return {k: v for k, v in model.config.items() if k not in own}
 
 
 def host_options(model: CompressionModel) -> dict[str, Any]:
@@ -174,8 +175,13 @@ def host_options(model: CompressionModel) -> dict[str, Any]:
     return {k: v for k, v in model.config.items() if k in model.host_only_options}
 
 
+def loss_options(model: CompressionModel) -> dict[str, Any]:
+    """How a quality's loss was balanced (DSIN's si_weight): no graph depends on it, so qualities may differ."""
+    return {k: v for k, v in model.config.items() if k in model.loss_only_options}
+
+
 def _group(points: list[_Point]) -> dict[str, list[_Point]]:
-    """Role -> its checkpoints ordered by lambda; one model config per role (but host-only options)."""
+    """Role -> its checkpoints ordered by lambda; one model config per role (but host- and loss-only options)."""
     groups: dict[str, list[_Point]] = {}
     for p in points:
         groups.setdefault("side_info" if p.model.uses_side_info else "intra", []).append(p)
@@ -435,6 +441,8 @@ def export_bundle(
                     quality["scale_paths"] = scale_paths
                 if options := host_options(point.model):
                     quality["host_options"] = options
+                if options := loss_options(point.model):
+                    quality["loss_options"] = options
                 qualities.append(quality)
             latents = _latent_entries(model, padded[0])
             codecs[role] = {

@@ -32,10 +32,10 @@ def intra_from_dsin(lmbda: str) -> dict[str, float]:
     keep = cfg.train.keep_path
     if keep is None:
         raise SystemExit(f"{cfg.source}: [train] keep is not set; name the committed checkpoint to write")
-    alone = cfg.train.latest_path
-    if alone.is_file():  # the intra run trained on its own: --resume would continue from it, not from here
-        alone.replace(alone.with_name("alone.pt"))
-        print(f"{alone} (the intra codec trained alone) moved to {alone.with_name('alone.pt')}")
+    latest = cfg.train.latest_path
+    if latest.is_file():  # the intra run trained on its own: --resume would continue from it, not from here
+        alone = latest.replace(latest.with_name("alone.pt"))
+        print(f"{latest} (the intra codec trained alone) moved to {alone}")
     dsin_path = f"weights/dsin_native_l{lmbda}.pt"
     dsin = load_checkpoint(dsin_path)
     trainer = Trainer(cfg, progress=False)
